@@ -1,0 +1,13 @@
+"""mmvaeplus_jax: MMVAE+ and multimodal VAEs in JAX/Flax.
+
+The small public API: distributions (log-densities, samplers, scale maps),
+objectives (log-weights, the stratified MoE bound), estimators (IWAE and DReG
+surrogates) and the model container.
+"""
+
+from mmvaeplus_jax import distributions
+from mmvaeplus_jax import estimators
+from mmvaeplus_jax import objectives
+from mmvaeplus_jax.models.mmvaeplus import MMVAEPlus, Modality, Noise, Posteriors
+
+__version__ = '0.1.0.dev0'

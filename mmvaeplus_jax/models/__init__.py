@@ -1,0 +1,1 @@
+"""Models: the MMVAE+ container and per-dataset networks."""

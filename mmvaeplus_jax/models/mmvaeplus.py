@@ -1,0 +1,263 @@
+"""The MMVAE+ model container: per-modality networks, auxiliary priors, shapes.
+
+A model is a frozen, hashable description (safe as a static argument under
+`jax.jit`) plus pure functions of a params pytree:
+
+    params = {
+      'encoders':  {name: encoder params},
+      'decoders':  {name: decoder params},
+      'aux_prior': {name: [Dw] scale logits psi_d (init 0)},
+    }
+
+Any per-modality networks can be plugged in as long as they follow two small
+contracts (Flax Linen modules):
+
+* encoder: `x [B, *event] -> (loc_w [B, Dw], raw_w [B, Dw], loc_z [B, Dz],
+  raw_z [B, Dz])`, raw values mapped to scales by the family's scale map;
+* decoder: `u [N, Dw + Dz] -> likelihood parameters [N, *event]`, with
+  u = [w, z] (private first, shared second, as in the official code);
+
+plus a likelihood `log_likelihood(x [B, *event], out [..., B, *event]) ->
+[..., B]` summed over the event dimensions.
+
+The fixed priors p(z), p(w) have loc 0 and the scale the family's map gives
+for raw = 0 (Laplace: 1; Normal: softplus(0) = 0.693), official quirk 3. The
+auxiliary prior r_psi_d(w) has loc 0 (frozen) and scale map(psi_d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmvaeplus_jax import distributions
+
+Array = jax.Array
+Params = Any
+Batch = Mapping[str, Array]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Modality:
+  """One modality: its networks, likelihood, event shape and scaling.
+
+  Attributes:
+    name: key of this modality in batches and params (e.g. 'm0').
+    encoder: Linen module, `x [B, *event] -> (loc_w, raw_w, loc_z, raw_z)`.
+    decoder: Linen module, `u [N, Dw + Dz] -> out [N, *event]`.
+    log_likelihood: `(x [B, *event], out [..., B, *event]) -> [..., B]`.
+    event_shape: shape of one example, e.g. (28, 28, 3).
+    likelihood_scale: lambda_d multiplying this modality's log-likelihood.
+  """
+
+  name: str
+  encoder: nn.Module
+  decoder: nn.Module
+  log_likelihood: Callable[[Array, Array], Array]
+  event_shape: tuple[int, ...]
+  likelihood_scale: float = 1.0
+
+
+@flax.struct.dataclass
+class Posteriors:
+  """Stacked unimodal posteriors q_phi_m(w | x_m) q_phi_m(z | x_m)."""
+
+  loc_w: Array  # [M, B, Dw]
+  scale_w: Array  # [M, B, Dw]
+  loc_z: Array  # [M, B, Dz]
+  scale_z: Array  # [M, B, Dz]
+
+
+@flax.struct.dataclass
+class Noise:
+  """Standardised noise for one evaluation of the K-sample objective.
+
+  Samples are `loc + scale * noise` (see `distributions.reparameterise`), so the
+  objective is a deterministic, differentiable function of params and noise.
+  """
+
+  w: Array  # [M, K, B, Dw]  own private posterior of each stratum r
+  z: Array  # [M, K, B, Dz]  shared posterior of each stratum r
+  aux: Array  # [M, M, K, B, Dw]  [source r, target d]: w~_{r->d} ~ r_psi_d
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MMVAEPlus:
+  """MMVAE+ with M modalities, private latents w_m and a shared latent z.
+
+  Attributes:
+    modalities: the M modalities, in stratum order.
+    dim_w: private latent size Dw.
+    dim_z: shared latent size Dz.
+    family: 'laplace' or 'normal': posteriors, priors and auxiliary priors.
+    eta: floor added to every scale (official 1e-20).
+  """
+
+  modalities: tuple[Modality, ...]
+  dim_w: int
+  dim_z: int
+  family: distributions.Family = 'laplace'
+  eta: float = 1e-20
+
+  def __post_init__(self):
+    if not self.modalities:
+      raise ValueError('modalities must hold at least one Modality, got ()')
+    names = [m.name for m in self.modalities]
+    if len(set(names)) != len(names):
+      raise ValueError(f'modality names must be unique, got {names}')
+    if self.family not in distributions.FAMILIES:
+      raise ValueError(
+          f'family must be one of {distributions.FAMILIES}, got'
+          f' {self.family!r}'
+      )
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(m.name for m in self.modalities)
+
+  @property
+  def num_modalities(self) -> int:
+    return len(self.modalities)
+
+  # ----------------------------------------------------------------- checks
+
+  def check_batch(self, batch: Batch) -> int:
+    """Validates a batch at trace time; returns the batch size B.
+
+    Raises:
+      ValueError: naming the offending modality and shape when the batch has
+        missing or unknown modalities, mismatched batch sizes or a wrong event
+        shape.
+    """
+    if not isinstance(batch, Mapping):
+      raise ValueError(
+          f'batch must be a mapping from modality name to array, got'
+          f' {type(batch).__name__}'
+      )
+    missing = [n for n in self.names if n not in batch]
+    extra = [n for n in batch if n not in self.names]
+    if missing or extra:
+      raise ValueError(
+          f'batch must hold exactly the model\'s {self.num_modalities}'
+          f' modalities {list(self.names)}; missing {missing}, unknown'
+          f' {extra} (got keys {list(batch)})'
+      )
+    sizes = {}
+    for m in self.modalities:
+      shape = tuple(np.shape(batch[m.name]))
+      if shape[1:] != tuple(m.event_shape):
+        raise ValueError(
+            f'batch[{m.name!r}] must have shape [B, {", ".join(map(str, m.event_shape))}],'
+            f' got {list(shape)}'
+        )
+      sizes[m.name] = shape[0]
+    if len(set(sizes.values())) != 1:
+      raise ValueError(
+          f'all modalities of a batch must have the same batch size B, got'
+          f' {sizes}'
+      )
+    return next(iter(sizes.values()))
+
+  # ------------------------------------------------------------ parameters
+
+  def init(self, key, batch: Batch) -> Params:
+    """Initialises all networks on `batch` (only its shapes matter)."""
+    self.check_batch(batch)
+    m = self.num_modalities
+    enc_keys = jax.random.split(jax.random.fold_in(key, 0), m)
+    dec_keys = jax.random.split(jax.random.fold_in(key, 1), m)
+    u = jnp.zeros((1, self.dim_w + self.dim_z), jnp.float32)
+    params = {'encoders': {}, 'decoders': {}, 'aux_prior': {}}
+    for i, mod in enumerate(self.modalities):
+      x = jnp.asarray(batch[mod.name][:1])
+      params['encoders'][mod.name] = mod.encoder.init(enc_keys[i], x)['params']
+      params['decoders'][mod.name] = mod.decoder.init(dec_keys[i], u)['params']
+      params['aux_prior'][mod.name] = jnp.zeros((self.dim_w,), jnp.float32)
+    return params
+
+  # ---------------------------------------------------------------- pieces
+
+  def scale(self, raw):
+    return distributions.scale_from_raw(self.family, raw, self.eta)
+
+  def prior_scale(self, dim: int):
+    """Scale of the fixed priors p(z), p(w): the scale map at raw = 0."""
+    return self.scale(jnp.zeros((dim,), jnp.float32))
+
+  def aux_prior_scale(self, params) -> Array:
+    """`[M, Dw]` scales of the learned auxiliary priors r_psi_d."""
+    psi = jnp.stack([params['aux_prior'][n] for n in self.names])
+    return self.scale(psi)
+
+  def encode(self, params, batch: Batch) -> Posteriors:
+    """Runs the M encoders: stacked posteriors `[M, B, D]`."""
+    self.check_batch(batch)
+    outs = []
+    for mod in self.modalities:
+      loc_w, raw_w, loc_z, raw_z = mod.encoder.apply(
+          {'params': params['encoders'][mod.name]}, batch[mod.name]
+      )
+      outs.append((loc_w, self.scale(raw_w), loc_z, self.scale(raw_z)))
+    loc_w, scale_w, loc_z, scale_z = (jnp.stack(t) for t in zip(*outs))
+    if loc_w.shape[-1] != self.dim_w or loc_z.shape[-1] != self.dim_z:
+      raise ValueError(
+          f'encoders must return loc_w [B, {self.dim_w}] and loc_z'
+          f' [B, {self.dim_z}], got {loc_w.shape[1:]} and {loc_z.shape[1:]}'
+      )
+    return Posteriors(loc_w, scale_w, loc_z, scale_z)
+
+  def decode(self, params, name: str, u: Array) -> Array:
+    """Decodes `u [..., Dw + Dz]` with modality `name`: `[..., *event]`."""
+    mod = self.modalities[self.names.index(name)]
+    lead = u.shape[:-1]
+    out = mod.decoder.apply(
+        {'params': params['decoders'][name]}, u.reshape((-1, u.shape[-1]))
+    )
+    return out.reshape(lead + out.shape[1:])
+
+  def sample_noise(self, key, num_samples: int, batch_size: int) -> Noise:
+    """Draws the standardised noise of one K-sample objective evaluation."""
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+      raise ValueError(
+          f'num_samples (K) must be an integer >= 1, got {num_samples!r}'
+      )
+    m, k, b = self.num_modalities, int(num_samples), int(batch_size)
+    kw, kz, ka = jax.random.split(key, 3)
+    noise = lambda key, shape: distributions.noise(self.family, key, shape)
+    return Noise(
+        w=noise(kw, (m, k, b, self.dim_w)),
+        z=noise(kz, (m, k, b, self.dim_z)),
+        aux=noise(ka, (m, m, k, b, self.dim_w)),
+    )
+
+  def check_noise(self, noise: Noise, batch_size: int) -> int:
+    """Validates noise shapes against the model and B; returns K."""
+    m, b = self.num_modalities, batch_size
+    k = noise.z.shape[1] if noise.z.ndim == 4 else None
+    want = {
+        'noise.w': (m, k, b, self.dim_w),
+        'noise.z': (m, k, b, self.dim_z),
+        'noise.aux': (m, m, k, b, self.dim_w),
+    }
+    got = {'noise.w': noise.w.shape, 'noise.z': noise.z.shape,
+           'noise.aux': noise.aux.shape}
+    for name, shape in want.items():
+      if tuple(got[name]) != shape:
+        raise ValueError(
+            f'{name} must have shape [M={m}, K, B={b}, ...] = {list(shape)},'
+            f' got {list(got[name])}'
+        )
+    if k is None or k < 1:
+      raise ValueError(f'K must be >= 1, got noise.z shape {noise.z.shape}')
+    return k
+
+
+def count_params(tree) -> int:
+  """Number of scalars in a pytree."""
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,231 @@
+"""The MMVAE+ objective as pure per-example functions.
+
+Notation (official_reference.md section 7, paper Appendix B): M modalities,
+K importance samples, B batch, beta the regularisation weight, lambda_d the
+likelihood scaling. For stratum (source) r and sample k:
+
+    (w_r^k, z_r^k) ~ q_phi_r(w | x_r) q_phi_r(z | x_r)
+    u_{r->r}^k = [w_r^k, z_r^k];  u_{r->d}^k = [w~_{r->d}^k, z_r^k], w~ ~ r_psi_d
+
+    lw[r, k] = sum_d lambda_d log p_theta_d(x_d | u_{r->d}^k)
+             + beta * ( log p(z_r^k) + log p(w_r^k)
+                        - log (1/M) sum_m q_phi_m(z_r^k | x_m)
+                        - log q_phi_r(w_r^k | x_r) )
+
+    L = (1/M) sum_r log (1/K) sum_k exp(lw[r, k])
+
+The log-weights are a pure function of (params, batch, noise): sampling is
+kept apart (`MMVAEPlus.sample_noise`), so a reference implementation can be
+compared on identical samples, and a user can drive it with their own noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from mmvaeplus_jax import distributions
+from mmvaeplus_jax.models import mmvaeplus
+
+CrossPrivate = Literal['aux', 'posterior']
+CROSS_PRIVATE = ('aux', 'posterior')
+
+
+def log_mean_exp(x, axis: int):
+  """log (1/n) sum_i exp(x_i) along `axis`, stable."""
+  return jax.nn.logsumexp(x, axis=axis) - math.log(x.shape[axis])
+
+
+def mixture_component_log_probs(family, z, loc, scale):
+  """log q_m(z_r | x_m) for every stratum r and mixture component m.
+
+  Args:
+    family: 'laplace' or 'normal'.
+    z: `[M, K, B, Dz]` samples, stratum r in axis 0.
+    loc: `[M, B, Dz]` component locations, component m in axis 0.
+    scale: `[M, B, Dz]` component scales.
+
+  Returns:
+    `[M_r, M_m, K, B]` component log-densities.
+  """
+  # [M_r, 1, K, B, Dz] against [1, M_m, 1, B, Dz]
+  return distributions.log_prob(
+      family, z[:, None], loc[None, :, None], scale[None, :, None]
+  )
+
+
+def moe_log_prob(component_log_probs):
+  """log q_Phi(z | x_1:M) = logsumexp_m log q_m(z | x_m) - log M.
+
+  Args:
+    component_log_probs: `[M_r, M_m, K, B]`.
+
+  Returns:
+    `[M_r, K, B]` mixture log-density at each stratum's samples.
+  """
+  return log_mean_exp(component_log_probs, axis=1)
+
+
+def log_responsibility(component_log_probs):
+  """log rho_r(z_r) = log q_r(z_r | x_r) - log sum_m q_m(z_r | x_m).
+
+  Args:
+    component_log_probs: `[M_r, M_m, K, B]`.
+
+  Returns:
+    `[M_r, K, B]`: the log-responsibility of the sampling component r.
+  """
+  m = component_log_probs.shape[0]
+  own = component_log_probs[jnp.arange(m), jnp.arange(m)]  # [M, K, B]
+  return own - jax.nn.logsumexp(component_log_probs, axis=1)
+
+
+def moe_iw_bound(log_weights):
+  """The stratified MoE importance-weighted bound, per example.
+
+  L = (1/M) sum_r log (1/K) sum_k exp(lw[r, k]); with K = 1 it is the
+  stratified MoE ELBO (the modality average stays outside the log, MMVAE's
+  "looser" bound).
+
+  Args:
+    log_weights: `[M, K, B]`.
+
+  Returns:
+    `[B]`.
+  """
+  return jnp.mean(log_mean_exp(log_weights, axis=1), axis=0)
+
+
+def posterior_samples(posteriors: mmvaeplus.Posteriors, noise):
+  """Reparameterised posterior samples of every stratum.
+
+  Returns:
+    w `[M, K, B, Dw]` and z `[M, K, B, Dz]`.
+  """
+  w = distributions.reparameterise(
+      posteriors.loc_w[:, None], posteriors.scale_w[:, None], noise.w
+  )
+  z = distributions.reparameterise(
+      posteriors.loc_z[:, None], posteriors.scale_z[:, None], noise.z
+  )
+  return w, z
+
+
+def cross_private_latents(model, params, noise, w, mode: CrossPrivate = 'aux'):
+  """The private latents decoded in cross-modal reconstructions.
+
+  Args:
+    model: the `MMVAEPlus`.
+    params: model params (the auxiliary prior logits are used).
+    noise: `Noise`; `noise.aux[r, d]` drives w~_{r->d}.
+    w: `[M, K, B, Dw]` own private posterior samples.
+    mode: 'aux' (MMVAE+): w~_{r->d} ~ r_psi_d, reparameterised so psi_d is
+      learned; 'posterior' (the MMVAE_f ablation): w~_{r->d} = w_d, the
+      target's own posterior sample.
+
+  Returns:
+    `[M_r, M_d, K, B, Dw]`; the diagonal r = d is not used.
+  """
+  if mode == 'aux':
+    scale = model.aux_prior_scale(params)  # [M_d, Dw]
+    return distributions.reparameterise(0.0, scale[None, :, None, None], noise.aux)
+  if mode == 'posterior':
+    return jnp.broadcast_to(w[None], noise.aux.shape)
+  raise ValueError(f'cross_private must be one of {CROSS_PRIVATE}, got {mode!r}')
+
+
+def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
+  """sum_d lambda_d log p_theta_d(x_d | u_{r->d}) for every stratum r.
+
+  One decoder call per target modality d decodes all M strata at once
+  (M * K * B latents).
+
+  Args:
+    model: the `MMVAEPlus`.
+    decoder_params: `params['decoders']`.
+    batch: `{name: [B, *event]}`.
+    w: `[M, K, B, Dw]` own private samples (decoded on the diagonal r = d).
+    z: `[M, K, B, Dz]` shared samples.
+    w_cross: `[M_r, M_d, K, B, Dw]` private latents for r != d.
+
+  Returns:
+    `[M, K, B]`.
+  """
+  m = model.num_modalities
+  eye = jnp.eye(m, dtype=bool)[:, :, None, None, None]
+  w_dec = jnp.where(eye, w[:, None], w_cross)  # [M_r, M_d, K, B, Dw]
+  total = 0.0
+  for d, mod in enumerate(model.modalities):
+    u = jnp.concatenate([w_dec[:, d], z], axis=-1)  # [M_r, K, B, Dw + Dz]
+    out = model.decode({'decoders': decoder_params}, mod.name, u)
+    total = total + mod.likelihood_scale * mod.log_likelihood(
+        batch[mod.name], out
+    )
+  return total
+
+
+def log_weights_from_latents(
+    model, decoder_params, batch, posteriors, w, z, w_cross, beta
+):
+  """lw[r, k, b] from given latents; also returns log rho_r(z_r).
+
+  `posteriors` is used only inside the densities; pass stop-gradient copies to
+  get path-only derivatives (as DReG does).
+
+  Args:
+    model: the `MMVAEPlus`.
+    decoder_params: `params['decoders']`.
+    batch: `{name: [B, *event]}`.
+    posteriors: `Posteriors` with `[M, B, D]` fields.
+    w: `[M, K, B, Dw]`; z: `[M, K, B, Dz]`; w_cross: `[M, M, K, B, Dw]`.
+    beta: weight of the prior/posterior bracket inside the weight.
+
+  Returns:
+    (lw `[M, K, B]`, log_resp `[M, K, B]`).
+  """
+  fam = model.family
+  recon = reconstruction_log_likelihood(
+      model, decoder_params, batch, w, z, w_cross
+  )
+  log_pz = distributions.log_prob(fam, z, 0.0, model.prior_scale(model.dim_z))
+  log_pw = distributions.log_prob(fam, w, 0.0, model.prior_scale(model.dim_w))
+  comps = mixture_component_log_probs(
+      fam, z, posteriors.loc_z, posteriors.scale_z
+  )
+  log_qz = moe_log_prob(comps)
+  log_qw = distributions.log_prob(
+      fam, w, posteriors.loc_w[:, None], posteriors.scale_w[:, None]
+  )
+  lw = recon + beta * (log_pz + log_pw - log_qz - log_qw)
+  return lw, log_responsibility(comps)
+
+
+def log_weights(
+    model,
+    params,
+    batch,
+    noise,
+    *,
+    beta: float = 1.0,
+    cross_private: CrossPrivate = 'aux',
+):
+  """The per-example log importance weights `lw [M, K, B]` (section 7).
+
+  A pure function of params, batch and standardised noise; differentiable in
+  params through the reparameterised samples and the densities.
+
+  Raises:
+    ValueError: on a batch or noise that does not fit the model (trace time).
+  """
+  b = model.check_batch(batch)
+  model.check_noise(noise, b)
+  post = model.encode(params, batch)
+  w, z = posterior_samples(post, noise)
+  w_cross = cross_private_latents(model, params, noise, w, cross_private)
+  lw, _ = log_weights_from_latents(
+      model, params['decoders'], batch, post, w, z, w_cross, beta
+  )
+  return lw
