@@ -1,0 +1,1 @@
+"""Evaluation: coherence, FID, latent classification, likelihood, figures."""
