@@ -8,3 +8,22 @@ if '--xla_force_host_platform_device_count' not in _flags:
   os.environ['XLA_FLAGS'] = (
       _flags + ' --xla_force_host_platform_device_count=8'
   ).strip()
+
+# Training-shell settings (see mmvaeplus_jax.parallel.configure_jax), as env
+# vars so subprocesses started by tests inherit them: the fast-compiling
+# threefry on XLA:CPU and one compilation cache per test session, shared by
+# the train.py subprocesses (they compile the same programs).
+import tempfile  # pylint: disable=g-import-not-at-top
+
+os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', 'false')
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix='mmvaeplus_jax_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE is not None:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -1,1 +1,17 @@
-"""Models: the MMVAE+ container and per-dataset networks."""
+"""Models: the MMVAE+ container and per-dataset networks, by name."""
+
+from __future__ import annotations
+
+MODEL_NAMES = ('polymnist_mmvaeplus',)
+
+
+def get_model(config):
+  """Builds the model a `config.model` section names."""
+  from mmvaeplus_jax.models import polymnist  # pylint: disable=g-import-not-at-top
+  if config.name == 'polymnist_mmvaeplus':
+    return polymnist.make_mmvaeplus(
+        num_modalities=config.num_modalities, dim_w=config.dim_w,
+        dim_z=config.dim_z, width=config.width, family=config.family,
+        likelihood_scale=config.likelihood_scale)
+  raise ValueError(
+      f'unknown model.name {config.name!r}; known: {MODEL_NAMES}')

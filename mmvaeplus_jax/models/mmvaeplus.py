@@ -167,19 +167,36 @@ class MMVAEPlus:
   # ------------------------------------------------------------ parameters
 
   def init(self, key, batch: Batch) -> Params:
-    """Initialises all networks on `batch` (only its shapes matter)."""
+    """Initialises all networks on `batch` (only its shapes matter).
+
+    Modalities with equal networks and event shapes are initialised by one
+    `vmap`ped call over their keys, so the traced (and compiled) init holds
+    each distinct architecture once, not M times.
+    """
     self.check_batch(batch)
     m = self.num_modalities
     enc_keys = jax.random.split(jax.random.fold_in(key, 0), m)
     dec_keys = jax.random.split(jax.random.fold_in(key, 1), m)
     u = jnp.zeros((1, self.dim_w + self.dim_z), jnp.float32)
-    params = {'encoders': {}, 'decoders': {}, 'aux_prior': {}}
+    groups: dict[Any, list[int]] = {}
     for i, mod in enumerate(self.modalities):
-      x = jnp.asarray(batch[mod.name][:1])
-      params['encoders'][mod.name] = mod.encoder.init(enc_keys[i], x)['params']
-      params['decoders'][mod.name] = mod.decoder.init(dec_keys[i], u)['params']
+      sig = (mod.encoder, mod.decoder, tuple(mod.event_shape),
+             jnp.asarray(batch[mod.name]).dtype)
+      groups.setdefault(sig, []).append(i)
+    params = {'encoders': {}, 'decoders': {}, 'aux_prior': {}}
+    for (enc, dec, _, _), idx in groups.items():
+      x = jnp.asarray(batch[self.modalities[idx[0]].name][:1])
+      ids = jnp.asarray(idx)
+      enc_p = jax.vmap(lambda k: enc.init(k, x)['params'])(enc_keys[ids])
+      dec_p = jax.vmap(lambda k: dec.init(k, u)['params'])(dec_keys[ids])
+      for j, i in enumerate(idx):
+        name = self.modalities[i].name
+        params['encoders'][name] = jax.tree.map(lambda t: t[j], enc_p)
+        params['decoders'][name] = jax.tree.map(lambda t: t[j], dec_p)
+    for mod in self.modalities:
       params['aux_prior'][mod.name] = jnp.zeros((self.dim_w,), jnp.float32)
-    return params
+    # Same key order as the modalities, whatever the grouping.
+    return {g: {n: params[g][n] for n in self.names} for g in params}
 
   # ---------------------------------------------------------------- pieces
 

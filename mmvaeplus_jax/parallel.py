@@ -1,0 +1,76 @@
+"""One data-parallel mesh: batch sharded on 'data', state replicated.
+
+The same code runs on 1 CPU, 8 GPUs or a multi-host TPU pod: after
+`jax.distributed.initialize()` `jax.devices()` lists every host's devices,
+each host feeds its share of the global batch, and
+`jax.make_array_from_process_local_data` assembles the global array. No
+collectives are written by hand: a mean over the global batch inside `jit`
+makes XLA insert the all-reduce.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = 'data'
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh over all (global) devices, axis 'data'."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch: int, mesh) -> None:
+  n = mesh.devices.size
+  if global_batch % n or global_batch % jax.process_count():
+    raise ValueError(
+        f'train.batch_size={global_batch} must be divisible by the number of'
+        f' devices ({n}) and of processes ({jax.process_count()}); set'
+        f' --config.train.batch_size to a multiple of {n}')
+
+
+def global_batch(mesh, local_batch):
+  """Host-local numpy batch -> global jax.Arrays sharded on 'data'."""
+  sharding = data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def replicate(mesh, tree):
+  """The same host values on every device (each host passes all of them)."""
+  sharding = replicated(mesh)
+  return jax.tree.map(
+      lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)),
+      tree)
+
+
+def configure_jax(cache_dir: str | None = None) -> None:
+  """Process-wide JAX settings used by the training and evaluation shells.
+
+  * `jax_threefry_partitionable=False`: XLA:CPU compiled the partitionable
+    threefry about 8x slower here (28 s vs 3.6 s for 8 `uniform` draws in one
+    jit); random values stay a pure function of key and shape, so results are
+    still identical across device counts. Only the noise arrays (M*K*B*D
+    floats) are affected, never the model's activations.
+  * a persistent compilation cache (`cache_dir`, default
+    `~/.cache/mmvaeplus_jax/xla`, or $JAX_COMPILATION_CACHE_DIR), so a resumed
+    or repeated run skips recompiling the same step.
+  """
+  jax.config.update('jax_threefry_partitionable', False)
+  if jax.config.jax_compilation_cache_dir is None:
+    import os  # pylint: disable=g-import-not-at-top
+    cache_dir = cache_dir or os.path.join(
+        os.path.expanduser('~'), '.cache', 'mmvaeplus_jax', 'xla')
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

@@ -1,0 +1,1 @@
+"""Training: state, pure steps, optimiser, checkpoints, writers, the loop."""

@@ -1,0 +1,315 @@
+"""The training shell: every side effect of a training run lives here.
+
+`train_and_evaluate(config, workdir)`:
+
+* builds the mesh (all devices of all hosts), the model, the optimiser and the
+  abstract train state (`jax.eval_shape`), replicated on the mesh;
+* restores the latest checkpoint of `workdir/checkpoints` if there is one
+  (same workdir = resume), else initialises;
+* runs the jitted, donated `train_step` on globally sharded batches, with
+  one-step-lagged metric reads so the device queue stays full;
+* logs scalars (console + TensorBoard), shows a progress bar with steps/s and
+  ETA, evaluates the test bound and writes unconditional and cross-modal
+  sample grids (PNG) every `eval_every_steps`, checkpoints every
+  `checkpoint_every_steps` and at the end;
+* on SIGTERM saves a checkpoint and returns normally (exit status 0);
+* stops with `NonFiniteError` after `max_consecutive_nonfinite` skipped
+  updates, without saving, so the last good checkpoint stays the latest.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import threading
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
+import tqdm
+
+from mmvaeplus_jax import generation
+from mmvaeplus_jax import models
+from mmvaeplus_jax import parallel
+from mmvaeplus_jax import plotting
+from mmvaeplus_jax.input import pipeline
+from mmvaeplus_jax.training import checkpointing
+from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax.training import writers
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive non-finite steps."""
+
+
+def load_sources(data):
+  """(train, eval) `pipeline.Source`s for `config.data`."""
+  if data.name != 'polymnist':
+    raise ValueError(f'unknown data.name {data.name!r}; known: polymnist')
+  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  manual_dir = data.manual_dir or None
+  # Process 0 prepares (builds) the dataset once; the others wait, then read.
+  if jax.process_index() == 0:
+    builders.prepare(data.config, data.data_dir, manual_dir=manual_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mmvaeplus_jax:data_prepared')
+  out = []
+  for split in (data.train_split, data.eval_split):
+    if data.in_memory:
+      out.append(pipeline.ArraySource(builders.load_split(
+          data.config, split, data.data_dir, manual_dir=manual_dir)))
+    else:
+      builder = builders.prepare(data.config, data.data_dir,
+                                 manual_dir=manual_dir)
+      out.append(pipeline.DataSource(builder.as_data_source(split=split)))
+  return tuple(out)
+
+
+def total_steps(train_cfg, num_examples: int) -> int:
+  if train_cfg.num_steps > 0:
+    return int(train_cfg.num_steps)
+  per_epoch = pipeline.steps_per_epoch(num_examples, train_cfg.batch_size)
+  return int(train_cfg.num_epochs * per_epoch)
+
+
+class _Sigterm:
+  """Sets a flag on SIGTERM (main thread only); restores the old handler."""
+
+  def __init__(self):
+    self.received = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: checkpointing and stopping.')
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _write_grids(workdir, step, model, params, eval_src, key, num, mesh):
+  """Unconditional and cross-modal sample grids -> PNG; returns the images."""
+  n = min(num, len(eval_src))
+  examples = pipeline.to_model_inputs(eval_src.read(np.arange(n)))
+  batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
+  k_u, k_c = jax.random.split(key)
+  uncond = _generate_uncond(model, params, k_u, n)
+  cross = _generate_cross(model, params, batch, k_c)
+  uncond = np.stack([np.asarray(uncond[k]) for k in model.names])  # [M, N,...]
+  cross = np.asarray(cross)  # [M_s, M_t, N, ...]
+  # Cross grid: one block per source: its inputs, then its M generations.
+  inputs = np.stack([np.asarray(examples[k]) for k in model.names])
+  blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
+  rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
+      (1 + model.num_modalities, -1) + blocks.shape[3:])
+  images = {'samples/unconditional': plotting.grid(uncond),
+            'samples/cross_modal': plotting.grid(rows)}
+  if jax.process_index() == 0:
+    for name, img in images.items():
+      plotting.save_png(
+          os.path.join(workdir, 'samples',
+                       f'{name.split("/")[1]}_{step:08d}.png'), img)
+  return images
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate_uncond(model, params, key, num):
+  return generation.unconditional(key, model, params, num)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generate_cross(model, params, batch, key):
+  return generation.cross_modal(key, model, params, batch)
+
+
+def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
+                   global_batch, mesh):
+  """Mean test bound over the first `num_examples` (whole batches)."""
+  n_batches = max(1, min(num_examples, len(eval_src)) // global_batch)
+  total = 0.0
+  for i in range(n_batches):
+    idx = np.arange(i * global_batch, (i + 1) * global_batch)
+    idx = pipeline.host_indices(idx, jax.process_index(), jax.process_count())
+    batch = parallel.global_batch(
+        mesh, pipeline.to_model_inputs(eval_src.read(idx)))
+    total += float(eval_fn(params, batch, jax.random.fold_in(key, i)))
+  return total / (n_batches * global_batch)
+
+
+class _DropOrbaxInfo:
+  """absl log filter: orbax's INFO chatter (several lines per save) hidden."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def _quiet_orbax():
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+    handler.addFilter(_DropOrbaxInfo())
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Returns:
+    The final metrics dict (also written to `workdir/metrics.json`).
+  """
+  _quiet_orbax()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+  model = models.get_model(config.model)
+  tx = step_lib.make_optimizer(config.optim)
+  train_src, eval_src = load_sources(config.data)
+  keys = tuple(model.names) + ('label',)  # only what the model reads
+  train_src, eval_src = (pipeline.Select(s, keys) for s in (train_src, eval_src))
+  num_steps = total_steps(tc, len(train_src))
+
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(tc.batch_size, mesh)
+  repl = parallel.replicated(mesh)
+  batch_sharding = parallel.data_sharding(mesh)
+
+  root = jax.random.key(config.seed)
+  init_key, train_key, eval_key = jax.random.split(root, 3)
+  del root
+
+  # Shapes first: the abstract state, then init or restore into it.
+  example = pipeline.host_batch(train_src, 0, seed=config.seed,
+                                global_batch=tc.batch_size)
+  init_fn = functools.partial(step_lib.init_state, model=model, tx=tx)
+  abstract = jax.eval_shape(init_fn, init_key, example)
+  abstract = checkpointing.abstract_with_shardings(abstract, repl)
+  manager = checkpointing.make_manager(
+      os.path.join(workdir, 'checkpoints'), max_to_keep=tc.keep_checkpoints)
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, abstract)
+    logging.info('Resumed from step %d in %s', int(state.step), workdir)
+  else:
+    state = jax.jit(init_fn, out_shardings=repl)(
+        init_key, jax.tree.map(jnp.asarray, example))
+  start = int(state.step)
+
+  train_fn = jax.jit(
+      step_lib.make_train_step(config, model, tx),
+      in_shardings=(repl, batch_sharding, repl),
+      out_shardings=(repl, repl), donate_argnums=0)
+  o = config.objective
+  eval_fn = jax.jit(functools.partial(
+      step_lib.eval_step, model=model, num_samples=o.num_samples,
+      beta=o.beta, cross_private=o.cross_private))
+
+  is_main = jax.process_index() == 0
+  writer = writers.create_writer(workdir, just_logging=not is_main)
+  if start == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  logging.info('Training %d -> %d steps on %d devices (%d processes), '
+               'global batch %d, workdir %s', start, num_steps,
+               mesh.devices.size, jax.process_count(), tc.batch_size, workdir)
+
+  history, summary = [], {}
+  pending = None
+  bar = tqdm.tqdm(total=num_steps, initial=start, disable=not is_main,
+                  unit='step', dynamic_ncols=True)
+  t_log = time.time()
+
+  def drain(pending):
+    """Reads one step's metrics (lagged), checks non-finite streaks."""
+    step_done, metrics = pending
+    metrics = jax.device_get(metrics)
+    history.append(metrics)
+    if metrics['train/nonfinite_consecutive'] >= tc.max_consecutive_nonfinite:
+      raise NonFiniteError(
+          f'{int(metrics["train/nonfinite_consecutive"])} consecutive steps'
+          f' with a non-finite loss or gradient (last at step {step_done});'
+          ' the updates were skipped and no checkpoint was written after the'
+          f' last good one in {manager.directory}. Lower optim.lr or check'
+          ' the data.')
+    return metrics
+
+  with _Sigterm() as sigterm:
+    data = pipeline.iterate(
+        train_src, start, num_steps, seed=config.seed,
+        global_batch=tc.batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), prefetch=config.data.prefetch)
+    step = start
+    for step, local in data:
+      batch = parallel.global_batch(mesh, local)
+      state, metrics = train_fn(state, batch, train_key)
+      if pending is not None:
+        last = drain(pending)
+        bar.set_postfix(loss=f'{last["train/loss"]:.1f}', refresh=False)
+      pending = (step + 1, metrics)
+      bar.update(1)
+      done = step + 1
+      if done % tc.log_every_steps == 0 or done == num_steps:
+        drain(pending)
+        pending = None
+        scalars = {k: float(np.mean([h[k] for h in history]))
+                   for k in history[-1] if 'nonfinite' not in k}
+        scalars['train/nonfinite_steps'] = int(
+            history[-1]['train/nonfinite_steps'])
+        scalars['train/steps_per_sec'] = len(history) / (time.time() - t_log)
+        writer.write_scalars(done, scalars)
+        summary.update(scalars)
+        history, t_log = [], time.time()
+      if done % tc.eval_every_steps == 0 or done == num_steps:
+        summary.update(_evaluate(config, workdir, done, model, state.params,
+                                 eval_fn, eval_src, eval_key, mesh, writer))
+      if (done % tc.checkpoint_every_steps == 0 or done == num_steps
+          or sigterm.received):
+        checkpointing.save(manager, done, state)
+      if sigterm.received:
+        manager.wait_until_finished()
+        logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.',
+                        done)
+        break
+    if pending is not None:
+      drain(pending)
+  bar.close()
+  manager.wait_until_finished()
+  writer.flush()
+  summary['step'] = int(state.step)
+  summary['train/nonfinite_steps'] = int(state.nonfinite_total)
+  if is_main:
+    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+  return summary
+
+
+def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
+              mesh, writer):
+  key = jax.random.fold_in(key, step)
+  k_bound, k_grid = jax.random.split(key)
+  bound = evaluate_bound(
+      eval_fn, params, eval_src, k_bound,
+      num_examples=config.train.eval_examples,
+      global_batch=config.train.batch_size, mesh=mesh)
+  images = _write_grids(workdir, step, model, params, eval_src, k_grid,
+                        config.train.grid_examples, mesh)
+  writer.write_scalars(step, {'eval/bound': bound})
+  writer.write_images(step, images)
+  return {'eval/bound': bound}
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out

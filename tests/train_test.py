@@ -1,0 +1,284 @@
+"""Training system: sharded step, non-finite skips, resume after SIGKILL,
+SIGTERM, multi-process training, the end-to-end run and its outputs."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import pytest
+
+from mmvaeplus_jax import models, parallel
+from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.training import loop
+from mmvaeplus_jax.training import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# A tiny model (2 of the 5 modalities) keeps compile times short on CPU.
+TINY = ['--config.model.num_modalities=2', '--config.train.num_steps=6',
+        '--config.train.checkpoint_every_steps=3',
+        '--config.train.eval_every_steps=3']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('tfds')
+  builders.prepare('mini', d)  # offline demo data, ~5 s
+  return str(d)
+
+
+def _tiny_config(data_dir):
+  c = polymnist_configs.get_config('smoke')
+  c.model.num_modalities = 2
+  c.data.data_dir = data_dir
+  return c
+
+
+def _random_batches(n, b, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{f'm{i}': rng.uniform(size=(b, 28, 28, 3)).astype(np.float32)
+           for i in range(2)} for _ in range(n)]
+
+
+def _setup_step(config):
+  model = models.get_model(config.model)
+  tx = step_lib.make_optimizer(config.optim)
+  fn = step_lib.make_train_step(config, model, tx)
+  batches = _random_batches(3, config.train.batch_size)
+  state = step_lib.init_state(jax.random.key(0), batches[0], model=model,
+                              tx=tx)
+  return fn, jax.tree.map(np.asarray, state), batches
+
+
+def test_sharded_step_matches_single_device_and_compiles_once(data_dir):
+  config = _tiny_config(data_dir)
+  fn, state0, batches = _setup_step(config)
+  key = jax.random.key(7)
+  results = {}
+  for n_dev in (1, 8):
+    mesh = parallel.make_mesh(jax.devices()[:n_dev])
+    repl = parallel.replicated(mesh)
+    traces = []
+
+    def counted(*args):
+      traces.append(1)
+      return fn(*args)
+
+    step = jax.jit(counted, in_shardings=(repl, parallel.data_sharding(mesh),
+                                          repl),
+                   out_shardings=(repl, repl), donate_argnums=0)
+    state = jax.device_put(state0, repl)
+    losses = []
+    for b in batches:  # several steps, several batches
+      state, metrics = step(state, parallel.global_batch(mesh, b), key)
+      losses.append(float(metrics['train/loss']))
+    assert len(traces) == 1, f'{n_dev} devices: traced {len(traces)} times'
+    assert len(state.params['decoders']['m0']['fc']['kernel'].sharding
+               .device_set) == n_dev
+    results[n_dev] = (losses, jax.device_get(state.params))
+  # Tolerance: float32 reductions are reordered across 8 shards.
+  np.testing.assert_allclose(results[8][0], results[1][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               results[8][1], results[1][1])
+
+
+def test_nonfinite_batch_is_skipped_and_counted(data_dir):
+  config = _tiny_config(data_dir)
+  fn, state0, batches = _setup_step(config)
+  step = jax.jit(fn)
+  key = jax.random.key(0)
+  bad = dict(batches[0], m0=np.full_like(batches[0]['m0'], np.nan))
+  state, metrics = step(jax.tree.map(jnp.asarray, state0), bad, key)
+  assert int(state.nonfinite_total) == 1
+  assert int(state.nonfinite_consecutive) == 1
+  assert not np.isfinite(float(metrics['train/loss']))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               state0.params)  # the update never reached the parameters
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(state.opt_state), state0.opt_state)
+  state, _ = step(state, batches[1], key)  # a good batch trains again
+  assert int(state.nonfinite_total) == 1
+  assert int(state.nonfinite_consecutive) == 0
+  assert int(state.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+      jax.device_get(state.params)))
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                         jax.device_get(state.params), state0.params)
+  assert all(jax.tree.leaves(changed))
+
+
+def test_loop_skips_nan_batches_then_stops_on_a_streak(data_dir, tmp_path,
+                                                       monkeypatch):
+  """Injected NaN batches are skipped and counted in metrics.json; a streak
+  of max_consecutive_nonfinite stops the run, the last checkpoint intact."""
+  config = _tiny_config(data_dir)
+  config.train.update(num_steps=8, checkpoint_every_steps=2,
+                      eval_every_steps=100, max_consecutive_nonfinite=3)
+  nan_steps = {2}
+  real_iterate = loop.pipeline.iterate
+
+  def iterate(*args, **kwargs):
+    for step, batch in real_iterate(*args, **kwargs):
+      if step in nan_steps:
+        batch = dict(batch, m1=np.full_like(batch['m1'], np.nan))
+      yield step, batch
+
+  monkeypatch.setattr(loop.pipeline, 'iterate', iterate)
+  summary = loop.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert summary['train/nonfinite_steps'] == 1
+  metrics = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
+  assert metrics['train/nonfinite_steps'] == 1 and metrics['step'] == 8
+  params = _restore(tmp_path / 'a', 8)['params']
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+  nan_steps.update({5, 6, 7})  # steps 5, 6, 7: three in a row
+  with pytest.raises(loop.NonFiniteError, match='3 consecutive steps'):
+    loop.train_and_evaluate(config, str(tmp_path / 'b'))
+  steps = ocp.CheckpointManager(tmp_path / 'b' / 'checkpoints').all_steps()
+  assert max(steps) <= 6  # nothing saved after the streak began
+  params = _restore(tmp_path / 'b', max(steps))['params']
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------------- subprocesses
+
+def _env(devices):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = str(REPO)
+  return env
+
+
+def _cmd(script, workdir, data_dir, *extra):
+  return [sys.executable, str(script),
+          '--config=' + str(REPO / 'mmvaeplus_jax/configs/polymnist.py:smoke'),
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+          *TINY, *extra]
+
+
+def _fault_cmd(mode, at, workdir, data_dir):
+  driver = REPO / 'tests' / 'fault_driver.py'
+  cmd = _cmd(driver, workdir, data_dir)
+  return cmd[:2] + [mode, str(at)] + cmd[2:]
+
+
+def _run(cmd, devices=1, check=True):
+  proc = subprocess.run(cmd, env=_env(devices), cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{cmd} failed ({proc.returncode}):\n'
+                         f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return proc
+
+
+def _restore(workdir, step):
+  """A checkpoint as numpy arrays, whatever topology saved it."""
+  mngr = ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
+                              item_handlers=ocp.StandardCheckpointHandler())
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      mngr.item_metadata(step))
+  return jax.device_get(mngr.restore(
+      step, args=ocp.args.StandardRestore(target)))
+
+
+def _steps(workdir):
+  return sorted(ocp.CheckpointManager(
+      pathlib.Path(workdir) / 'checkpoints').all_steps())
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(data_dir, tmp_path):
+  full, crashed = tmp_path / 'full', tmp_path / 'crashed'
+  _run(_cmd(REPO / 'train.py', full, data_dir))
+  proc = _run(_fault_cmd('kill', 3, crashed, data_dir), check=False)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert _steps(crashed) == [3]
+  _run(_cmd(REPO / 'train.py', crashed, data_dir))  # same workdir = resume
+  assert _steps(crashed) == [3, 6]
+  a, b = _restore(full, 6), _restore(crashed, 6)
+  assert int(a['step']) == int(b['step']) == 6
+  jax.tree.map(np.testing.assert_array_equal, b['params'], a['params'])
+  jax.tree.map(np.testing.assert_array_equal, b['opt_state'], a['opt_state'])
+  # The uninterrupted run wrote its metrics, sample grids and event files.
+  metrics = json.loads((full / 'metrics.json').read_text())
+  assert metrics['step'] == 6 and np.isfinite(metrics['eval/bound'])
+  for kind in ('unconditional', 'cross_modal'):
+    for step in (3, 6):
+      img = Image.open(full / 'samples' / f'{kind}_{step:08d}.png')
+      assert img.mode == 'RGB' and min(img.size) > 28
+  assert list(full.glob('events.out.tfevents.*'))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
+  workdir = tmp_path / 'term'
+  proc = _run(_fault_cmd('term', 4, workdir, data_dir), check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'SIGTERM' in proc.stderr
+  assert _steps(workdir) == [3, 5]  # stopped after step 5 of 6, saved
+  state = _restore(workdir, 5)
+  assert int(state['step']) == 5
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(data_dir, tmp_path):
+  """2 processes x 2 CPU devices (jax.distributed, gloo) == 1 x 4 devices."""
+  extra = ['--config.train.num_steps=3', '--config.train.eval_every_steps=3']
+  single = tmp_path / 'single'
+  _run(_cmd(REPO / 'train.py', single, data_dir, *extra), devices=4)
+  multi = tmp_path / 'multi'
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          _cmd(REPO / 'train.py', multi, data_dir, *extra,
+               f'--coordinator_address=localhost:{port}', '--num_processes=2',
+               f'--process_id={i}'),
+          env=_env(2), cwd=REPO, stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-5000:]
+  a, b = _restore(single, 3), _restore(multi, 3)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
+                                                       atol=1e-7),
+               b['params'], a['params'])
+
+
+@pytest.mark.slow
+def test_shortened_demo_learns_and_writes_outputs(data_dir, tmp_path):
+  """The Quickstart's demo config, shortened: loss falls, files are written."""
+  config = polymnist_configs.get_config('demo')
+  config.data.data_dir = data_dir
+  config.train.update(num_steps=60, log_every_steps=10, eval_every_steps=60,
+                      checkpoint_every_steps=60)
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in
+          (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert len(losses) == 6
+  assert losses[-1] < 0.9 * losses[0], losses
+  assert np.isfinite(summary['eval/bound'])
+  for kind in ('unconditional', 'cross_modal'):
+    assert (tmp_path / 'samples' / f'{kind}_00000060.png').exists()
+  assert _steps(tmp_path) == [60]
