@@ -140,8 +140,8 @@ def cross_private_latents(model, params, noise, w, mode: CrossPrivate = 'aux'):
 def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
   """sum_d lambda_d log p_theta_d(x_d | u_{r->d}) for every stratum r.
 
-  One decoder call per target modality d decodes all M strata at once
-  (M * K * B latents).
+  Each target modality d decodes all M strata at once (M * K * B latents);
+  modalities with equal networks run as one vmapped call.
 
   Args:
     model: the `MMVAEPlus`.
@@ -157,14 +157,10 @@ def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
   m = model.num_modalities
   eye = jnp.eye(m, dtype=bool)[:, :, None, None, None]
   w_dec = jnp.where(eye, w[:, None], w_cross)  # [M_r, M_d, K, B, Dw]
-  total = 0.0
-  for d, mod in enumerate(model.modalities):
-    u = jnp.concatenate([w_dec[:, d], z], axis=-1)  # [M_r, K, B, Dw + Dz]
-    out = model.decode({'decoders': decoder_params}, mod.name, u)
-    total = total + mod.likelihood_scale * mod.log_likelihood(
-        batch[mod.name], out
-    )
-  return total
+  z_dec = jnp.broadcast_to(z[None], (m,) + z.shape)  # [M_d, M_r, K, B, Dz]
+  u = jnp.concatenate([jnp.swapaxes(w_dec, 0, 1), z_dec], axis=-1)
+  return model.decode_log_likelihood(
+      {'decoders': decoder_params}, batch, u)  # [M_r, K, B]
 
 
 def log_weights_from_latents(

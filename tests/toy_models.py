@@ -40,18 +40,20 @@ def gaussian_log_likelihood(sigma_x):
 
 
 def make_toy(num_modalities, *, dim_w=2, dim_z=2, dim_x=3, family='normal',
-             sigma_x=0.5):
+             sigma_x=0.5, vmap_modalities=True):
+  ll = gaussian_log_likelihood(sigma_x)
   mods = tuple(
       mmvaeplus.Modality(
           name=f'm{i}',
           encoder=LinearEncoder(dim_w, dim_z),
           decoder=LinearDecoder(dim_x),
-          log_likelihood=gaussian_log_likelihood(sigma_x),
+          log_likelihood=ll,
           event_shape=(dim_x,),
       )
       for i in range(num_modalities)
   )
-  return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family)
+  return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
+                             vmap_modalities=vmap_modalities)
 
 
 def toy_batch(model, batch_size, seed=0):

@@ -97,6 +97,9 @@ class MMVAEPlus:
     dim_z: shared latent size Dz.
     family: 'laplace' or 'normal': posteriors, priors and auxiliary priors.
     eta: floor added to every scale (official 1e-20).
+    vmap_modalities: run modalities with equal networks as one vmapped call
+      over stacked parameters (see `groups`); False runs one call per
+      modality. Same values either way.
   """
 
   modalities: tuple[Modality, ...]
@@ -104,6 +107,7 @@ class MMVAEPlus:
   dim_z: int
   family: distributions.Family = 'laplace'
   eta: float = 1e-20
+  vmap_modalities: bool = True
 
   def __post_init__(self):
     if not self.modalities:
@@ -212,22 +216,71 @@ class MMVAEPlus:
     psi = jnp.stack([params['aux_prior'][n] for n in self.names])
     return self.scale(psi)
 
+  def groups(self) -> tuple[tuple[int, ...], ...]:
+    """Indices of modalities sharing encoder, decoder, likelihood and event
+    shape: each group runs as one `vmap` over stacked parameters when
+    `vmap_modalities` is set (one traced network per group, not per
+    modality)."""
+    if not self.vmap_modalities:
+      return tuple((i,) for i in range(self.num_modalities))
+    out: dict[Any, list[int]] = {}
+    for i, m in enumerate(self.modalities):
+      sig = (m.encoder, m.decoder, m.log_likelihood, tuple(m.event_shape))
+      out.setdefault(sig, []).append(i)
+    return tuple(tuple(v) for v in out.values())
+
+  def _stacked(self, params, group: str, idx):
+    names = [self.names[i] for i in idx]
+    return jax.tree.map(lambda *t: jnp.stack(t),
+                        *[params[group][n] for n in names])
+
   def encode(self, params, batch: Batch) -> Posteriors:
     """Runs the M encoders: stacked posteriors `[M, B, D]`."""
     self.check_batch(batch)
-    outs = []
-    for mod in self.modalities:
-      loc_w, raw_w, loc_z, raw_z = mod.encoder.apply(
-          {'params': params['encoders'][mod.name]}, batch[mod.name]
-      )
-      outs.append((loc_w, self.scale(raw_w), loc_z, self.scale(raw_z)))
-    loc_w, scale_w, loc_z, scale_z = (jnp.stack(t) for t in zip(*outs))
+    outs = [None] * self.num_modalities
+    for idx in self.groups():
+      enc = self.modalities[idx[0]].encoder
+      x = jnp.stack([batch[self.names[i]] for i in idx])  # [G, B, *event]
+      res = jax.vmap(lambda p, x: enc.apply({'params': p}, x))(
+          self._stacked(params, 'encoders', idx), x)
+      for j, i in enumerate(idx):
+        outs[i] = tuple(r[j] for r in res)
+    loc_w, raw_w, loc_z, raw_z = (jnp.stack(t) for t in zip(*outs))
     if loc_w.shape[-1] != self.dim_w or loc_z.shape[-1] != self.dim_z:
       raise ValueError(
           f'encoders must return loc_w [B, {self.dim_w}] and loc_z'
           f' [B, {self.dim_z}], got {loc_w.shape[1:]} and {loc_z.shape[1:]}'
       )
-    return Posteriors(loc_w, scale_w, loc_z, scale_z)
+    return Posteriors(loc_w, self.scale(raw_w), loc_z, self.scale(raw_z))
+
+  def decode_log_likelihood(self, params, batch: Batch, u: Array) -> Array:
+    """sum_d lambda_d log p_theta_d(x_d | u[d]) with every decoder at once.
+
+    Args:
+      params: model params.
+      batch: `{name: [B, *event]}`.
+      u: `[M_d, *S, B, Dw + Dz]` latents decoded by target modality d
+        (any sample axes S before the batch axis).
+
+    Returns:
+      `[*S, B]`.
+    """
+    total = 0.0
+    for idx in self.groups():
+      mod = self.modalities[idx[0]]
+      ud = u[jnp.asarray(idx)] if len(idx) < self.num_modalities else u
+      x = jnp.stack([batch[self.names[i]] for i in idx])  # [G, B, *event]
+      lam = jnp.asarray([self.modalities[i].likelihood_scale for i in idx],
+                        jnp.float32)
+
+      def one(p, ui, xi):
+        lead = ui.shape[:-1]
+        out = mod.decoder.apply({'params': p}, ui.reshape((-1, ui.shape[-1])))
+        return mod.log_likelihood(xi, out.reshape(lead + out.shape[1:]))
+
+      ll = jax.vmap(one)(self._stacked(params, 'decoders', idx), ud, x)
+      total = total + jnp.tensordot(lam, ll, axes=1)
+    return total
 
   def decode(self, params, name: str, u: Array) -> Array:
     """Decodes `u [..., Dw + Dz]` with modality `name`: `[..., *event]`."""
