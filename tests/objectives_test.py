@@ -79,8 +79,8 @@ def test_k1_bound_equals_independent_stratified_elbo(family):
 def test_vmapped_modalities_equal_one_call_per_modality():
   """Grouped (vmapped) networks give the same log-weights and gradients."""
   kw = dict(dim_w=2, dim_z=3, dim_x=4, family='laplace')
-  grouped = toy_models.make_toy(3, **kw)
-  single = toy_models.make_toy(3, vmap_modalities=False, **kw)
+  grouped = toy_models.make_toy(3, vmap_modalities=True, **kw)
+  single = toy_models.make_toy(3, **kw)
   assert grouped.groups() == ((0, 1, 2),)
   assert single.groups() == ((0,), (1,), (2,))
   batch = toy_models.toy_batch(grouped, 4)

@@ -40,7 +40,7 @@ def gaussian_log_likelihood(sigma_x):
 
 
 def make_toy(num_modalities, *, dim_w=2, dim_z=2, dim_x=3, family='normal',
-             sigma_x=0.5, vmap_modalities=True):
+             sigma_x=0.5, vmap_modalities=False):
   ll = gaussian_log_likelihood(sigma_x)
   mods = tuple(
       mmvaeplus.Modality(
