@@ -97,8 +97,8 @@ def test_dreg_m1_beta1_equals_per_sample_reference():
 
 # ---------------------------------------------- Monte Carlo: unbiasedness
 
-_N_DRAWS = 20_000
-_CHUNK = 5_000
+_N_DRAWS = 12_000
+_CHUNK = 4_000
 
 
 def _encoder_grad_draws(model, params, batch, k, beta, estimators_,

@@ -17,6 +17,7 @@ import pytest
 
 from mmvaeplus_jax import models, parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.evaluation import classifiers, runner
 from mmvaeplus_jax.input import builders
 from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
@@ -140,6 +141,31 @@ def test_loop_skips_nan_batches_then_stops_on_a_streak(data_dir, tmp_path,
   assert metrics['train/nonfinite_steps'] == 1 and metrics['step'] == 8
   params = _restore(tmp_path / 'a', 8)['params']
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+  # eval.py's runner on this run: bound, coherence (with untrained
+  # classifiers: the pipeline, not their accuracy), grids; deterministic.
+  clf_dir = tmp_path / 'clf'
+  classifiers.save_classifiers(clf_dir, {
+      n: classifiers.init(jax.random.key(i)) for i, n in enumerate(['m0', 'm1'])
+  }, metadata={'test_accuracy': {'m0': 0.5, 'm1': 0.5}})
+  config.evals.update(classifier_dir=str(clf_dir), num_examples=40,
+                      batch_size=16, num_unconditional=30, bound_num_samples=2)
+  first = runner.evaluate(config, str(tmp_path / 'a'))
+  second = runner.evaluate(config, str(tmp_path / 'a'))
+  assert first == second
+  out = tmp_path / 'a' / 'eval' / '8'
+  assert json.loads((out / 'metrics.json').read_text())['step'] == 8
+  assert np.isfinite(first['eval/bound'])
+  for k in ('coherence/cond/m0->m1', 'coherence/cond/mean', 'coherence/uncond'):
+    assert 0.0 <= first[k] <= 1.0
+  assert first['coherence/classifier_test_accuracy/m1'] == 0.5
+  assert 'fid' in first['skipped']
+  assert (out / 'cross_modal_00000008.png').exists()
+
+  config.model.dim_z = 6  # resuming with another model: one clear error
+  with pytest.raises(ValueError, match='does not match the model'):
+    loop.train_and_evaluate(config, str(tmp_path / 'a'))
+  config.model.dim_z = 4
 
   nan_steps.update({5, 6, 7})  # steps 5, 6, 7: three in a row
   with pytest.raises(loop.NonFiniteError, match='3 consecutive steps'):

@@ -73,4 +73,14 @@ def base_config() -> ml_collections.ConfigDict:
       eval_examples=1000,  # test examples for the eval bound
       grid_examples=8,  # columns of the sample grids
   ))
+  c.evals = ml_collections.ConfigDict(dict(
+      num_examples=-1,  # test examples evaluated by eval.py (-1: all)
+      batch_size=256,
+      bound_num_samples=10,  # K of the reported test bound
+      classifier_dir='',  # coherence classifiers (evaluation.classifiers)
+      num_unconditional=10_000,  # prior samples for unconditional coherence
+      all_subsets=False,  # also the MultiVae-style all-subsets coherence
+      alpha=1.0,  # test-time scale of p(w) (official 1)
+      grid_examples=8,
+  ))
   return c

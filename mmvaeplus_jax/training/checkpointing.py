@@ -42,4 +42,13 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step=None):
     raise FileNotFoundError(
         f'no checkpoint in {manager.directory}: train first (train.py'
         ' --workdir=...) or point --workdir at a training run')
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  try:
+    return manager.restore(
+        step, args=ocp.args.StandardRestore(abstract_state))
+  except ValueError as e:
+    raise ValueError(
+        f'the checkpoint at step {step} in {manager.directory} does not match'
+        ' the model and optimiser of this config (was the workdir trained'
+        ' with another model, width, number of modalities or optimiser?).'
+        ' Use a new --workdir, or the config that trained it.'
+        f' Orbax said: {str(e)[:300]}') from None

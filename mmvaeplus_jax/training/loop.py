@@ -99,8 +99,14 @@ class _Sigterm:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _write_grids(workdir, step, model, params, eval_src, key, num, mesh):
-  """Unconditional and cross-modal sample grids -> PNG; returns the images."""
+def write_grids(out_dir, step, model, params, eval_src, key, num, mesh,
+                subdir='samples'):
+  """Unconditional and cross-modal sample grids -> PNG; returns the images.
+
+  Writes `out_dir/subdir/{unconditional,cross_modal}_<step>.png`. The cross
+  grid has one block per source: its inputs (top row), then its decodings by
+  every target (w ~ p(w)); the unconditional grid has one row per modality.
+  """
   n = min(num, len(eval_src))
   examples = pipeline.to_model_inputs(eval_src.read(np.arange(n)))
   batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
@@ -119,7 +125,7 @@ def _write_grids(workdir, step, model, params, eval_src, key, num, mesh):
   if jax.process_index() == 0:
     for name, img in images.items():
       plotting.save_png(
-          os.path.join(workdir, 'samples',
+          os.path.join(out_dir, subdir,
                        f'{name.split("/")[1]}_{step:08d}.png'), img)
   return images
 
@@ -155,7 +161,7 @@ class _DropOrbaxInfo:
     return record.levelno >= 30 or '/orbax/' not in record.pathname
 
 
-def _quiet_orbax():
+def quiet_orbax():
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
     handler.addFilter(_DropOrbaxInfo())
@@ -167,7 +173,7 @@ def train_and_evaluate(config, workdir: str):
   Returns:
     The final metrics dict (also written to `workdir/metrics.json`).
   """
-  _quiet_orbax()
+  quiet_orbax()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
@@ -202,6 +208,14 @@ def train_and_evaluate(config, workdir: str):
     state = jax.jit(init_fn, out_shardings=repl)(
         init_key, jax.tree.map(jnp.asarray, example))
   start = int(state.step)
+  summary_path = os.path.join(workdir, 'metrics.json')
+  if start >= num_steps:
+    logging.warning('%s already holds a finished run (step %d of %d); '
+                    'nothing to train.', workdir, start, num_steps)
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        return json.load(f)
+    return {'step': start}
 
   train_fn = jax.jit(
       step_lib.make_train_step(config, model, tx),
@@ -285,7 +299,7 @@ def train_and_evaluate(config, workdir: str):
   summary['step'] = int(state.step)
   summary['train/nonfinite_steps'] = int(state.nonfinite_total)
   if is_main:
-    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   return summary
 
@@ -298,8 +312,8 @@ def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
       eval_fn, params, eval_src, k_bound,
       num_examples=config.train.eval_examples,
       global_batch=config.train.batch_size, mesh=mesh)
-  images = _write_grids(workdir, step, model, params, eval_src, k_grid,
-                        config.train.grid_examples, mesh)
+  images = write_grids(workdir, step, model, params, eval_src, k_grid,
+                       config.train.grid_examples, mesh)
   writer.write_scalars(step, {'eval/bound': bound})
   writer.write_images(step, images)
   return {'eval/bound': bound}
