@@ -11,3 +11,8 @@ from mmvaeplus_jax import objectives
 from mmvaeplus_jax.models.mmvaeplus import MMVAEPlus, Modality, Noise, Posteriors
 
 __version__ = '0.1.0.dev0'
+
+__all__ = [
+    'distributions', 'estimators', 'objectives',
+    'MMVAEPlus', 'Modality', 'Noise', 'Posteriors',
+]

@@ -1,7 +1,6 @@
 """IWAE / DReG surrogates: exact identities, per-sample reference, Monte Carlo
 unbiasedness against IWAE, variance, and Lemma 2 of the paper."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

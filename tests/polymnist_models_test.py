@@ -1,6 +1,5 @@
 """The official PolyMNIST networks: shapes, parameter count, a finite step."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
