@@ -1,10 +1,22 @@
 """Evaluate a training run: `python eval.py --config=FILE[:ARG] --workdir=DIR`.
 
-Restores the latest (or `--step`) checkpoint of DIR read-only and writes
-DIR/eval/<step>/metrics.json, TensorBoard scalars and figures. Use the config
-the run was trained with; coherence needs
-`--config.evals.classifier_dir=CLASSIFIERS` (trained with
-`python -m mmvaeplus_jax.evaluation.classifiers`).
+Restores the latest (or `--step`) checkpoint of DIR read-only, replicated
+over the available devices, runs the evaluators named in
+`--config.evals.evaluators` (default: bound, coherence, fid, fd_clf,
+latent_classification, likelihood, figures; see `evaluation/runner.py`) and
+writes DIR/eval/<step>/metrics.json (a `skipped` entry gives the reason for
+everything that could not run), TensorBoard scalars under DIR/eval/ and the
+figures (PNG) beside the metrics. Use the config the run was trained with.
+
+* coherence and FD_clf need `--config.evals.classifier_dir=CLASSIFIERS`
+  (trained with `python -m mmvaeplus_jax.evaluation.classifiers`);
+* FID needs pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
+  (`--config.evals.inception_weights=PATH`, default
+  ~/.cache/mmvaeplus_jax/<that name>); without it FID is skipped with the
+  download address. Real-set statistics are cached in
+  ~/.cache/mmvaeplus_jax/fid_stats/ (`evals.fid_stats_dir`);
+* the number of images, samples and examples of every metric are
+  `evals.*` settings (`mmvaeplus_jax/configs/common.py`).
 """
 
 import os
@@ -30,10 +42,13 @@ def main(argv):
   parallel.configure_jax()
   metrics = runner.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)
   shown = {k: v for k, v in metrics.items()
-           if not isinstance(v, dict) and '->' not in k}
+           if not isinstance(v, (dict, list)) and '->' not in k}
   for k in sorted(shown):
     print(f'{k}: {shown[k]}')
-  print(f'written to {os.path.join(FLAGS.workdir, "eval", str(metrics["step"]))}')
+  for name, reason in sorted(metrics.get('skipped', {}).items()):
+    print(f'skipped {name}: {reason}')
+  out_dir = os.path.join(FLAGS.workdir, 'eval', str(metrics['step']))
+  print(f'written to {out_dir}')
 
 
 if __name__ == '__main__':

@@ -694,3 +694,171 @@ def fid_from_features(features1, features2) -> float:
   return frechet_distance(
       *feature_statistics(features1), *feature_statistics(features2)
   )
+
+
+# ---------------------------------------------------------------------------
+# Evaluation-pipeline pieces: device features, the real-statistics cache,
+# the paper's conditional averaging.
+# ---------------------------------------------------------------------------
+
+_LEVELS = np.arange(256) / 255  # exact k / 255 (float64)
+
+
+def default_weights_path() -> pathlib.Path:
+  """`default_cache_dir() / FID_WEIGHTS_FILENAME`, where eval.py looks."""
+  return default_cache_dir() / FID_WEIGHTS_FILENAME
+
+
+def default_stats_dir() -> pathlib.Path:
+  """`default_cache_dir() / 'fid_stats'`: cached real-set statistics."""
+  return default_cache_dir() / 'fid_stats'
+
+
+def uint8_to_unit(images: Array, dtype=jnp.float32) -> Array:
+  """uint8 images -> exactly k / 255 (as reading a PNG and `ToTensor()`).
+
+  A table look-up, not a division: XLA may turn `/ 255` into a
+  multiplication that is off by an ulp for about half of the levels.
+  """
+  return jnp.asarray(_LEVELS.astype(dtype))[images.astype(jnp.int32)]
+
+
+def inception_features(variables: Variables, images: Array) -> Array:
+  """Pure pool3 features `[B, 2048]` of images `[B, H, W, 3]` in [0, 1].
+
+  The un-jitted body of `make_feature_fn`'s pass, to fuse into a larger jitted
+  function (e.g. generate -> quantise -> features, sharded over a mesh).
+  """
+  dtype = variables['params']['Conv2d_1a_3x3']['conv']['kernel'].dtype
+  with jax.default_matmul_precision('highest'):
+    return _MODEL.apply(variables, images.astype(dtype))
+
+
+def official_count(n: int, batch_size: int = OFFICIAL_BATCH_SIZE) -> int:
+  """Images the official loop uses of `n`: whole batches of 128 (9,984 of
+  10,000); all `n` when there is not even one whole batch."""
+  return n - n % batch_size if n >= batch_size else n
+
+
+def images_digest(images) -> str:
+  """SHA-256 (hex) of an image array's shape, dtype and bytes."""
+  images = np.ascontiguousarray(images)
+  digest = hashlib.sha256(
+      f'{images.shape}|{images.dtype.str}|'.encode('ascii'))
+  digest.update(memoryview(images).cast('B'))
+  return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+  """Feature statistics of an image set.
+
+  Attributes:
+    mu: `[D]` float64 mean.
+    sigma: `[D, D]` float64 (N - 1)-covariance.
+    num: N, the number of images.
+    cache_hit: read from the cache (not computed now).
+    path: the cache file ('' when not cached).
+  """
+
+  mu: np.ndarray
+  sigma: np.ndarray
+  num: int
+  cache_hit: bool = False
+  path: str = ''
+
+
+def _safe_label(label: str) -> str:
+  return ''.join(c if c.isalnum() or c in '-_.' else '-' for c in label)
+
+
+def cached_statistics(
+    features_fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    *,
+    cache_dir: str | os.PathLike | None,
+    label: str,
+    network_id: str,
+) -> Statistics:
+  """Statistics of `features_fn(images)`, cached as an `.npz` on disk.
+
+  The file is `<cache_dir>/<label>_<key[:16]>.npz` with key = SHA-256 of
+  (`network_id`, `images_digest(images)`): a changed dataset (any pixel),
+  another number of images or other feature weights give another key, so
+  stale statistics are never reused; the full key is stored in the file and
+  checked on reading (an unreadable or mismatching file is recomputed and
+  replaced).
+
+  Args:
+    features_fn: images `[N, ...]` -> features `[N, D]`.
+    images: the real image set (e.g. uint8 `[N, 28, 28, 3]`).
+    cache_dir: the cache folder; None disables the cache.
+    label: readable file-name prefix, e.g.
+      'fid_polymnist-rebuilt_test_m0_n9984'.
+    network_id: identifies the feature network and its weights (e.g. the
+      Inception file's SHA-256, or a hash of classifier params) and the image
+      preprocessing.
+
+  Returns:
+    `Statistics` (float64).
+  """
+  key = hashlib.sha256(
+      f'{network_id}|{images_digest(images)}'.encode()).hexdigest()
+  path = None
+  if cache_dir is not None:
+    path = (pathlib.Path(cache_dir).expanduser()
+            / f'{_safe_label(label)}_{key[:16]}.npz')
+    if path.is_file():
+      try:
+        with np.load(path) as npz:
+          if str(npz['key']) == key:
+            return Statistics(npz['mu'], npz['sigma'], int(npz['num']),
+                              cache_hit=True, path=str(path))
+        warnings.warn(f'FID statistics cache {path} holds another key; '
+                      'recomputing')
+      except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        warnings.warn(f'ignoring unreadable FID statistics cache {path}: {e}')
+  mu, sigma = feature_statistics(features_fn(images))
+  stats = Statistics(mu, sigma, len(images), cache_hit=False,
+                     path='' if path is None else str(path))
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.npz.tmp')
+    try:
+      with os.fdopen(fd, 'wb') as f:
+        np.savez(f, mu=mu, sigma=sigma, num=np.int64(len(images)),
+                 key=np.str_(key), label=np.str_(label))
+      os.replace(tmp, path)
+    except BaseException:
+      pathlib.Path(tmp).unlink(missing_ok=True)
+      raise
+  return stats
+
+
+def conditional_average(matrix, *, include_self: bool
+                        ) -> tuple[np.ndarray, float]:
+  """The paper's averaging of a conditional FID matrix.
+
+  Args:
+    matrix: `[M, M]` FIDs, `[source e, target d]`; the diagonal is the
+      self-reconstruction.
+    include_self: True: per target d the mean over ALL M sources, diagonal
+      included (the official code's conditional FID,
+      official_reference.md section 9); False: over the M - 1 sources e != d
+      (cross-modal only, the coherence-style average).
+
+  Returns:
+    (per-target means `[M]`, their mean over targets).
+  """
+  matrix = np.asarray(matrix, np.float64)
+  m = matrix.shape[0]
+  if matrix.shape != (m, m):
+    raise ValueError(f'expected a square [M, M] matrix, got {matrix.shape}')
+  if include_self:
+    per_target = matrix.mean(axis=0)
+  elif m > 1:
+    off = ~np.eye(m, dtype=bool)
+    per_target = np.array([matrix[off[:, d], d].mean() for d in range(m)])
+  else:
+    per_target = np.full((1,), np.nan)
+  return per_target, float(per_target.mean())

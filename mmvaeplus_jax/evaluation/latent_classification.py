@@ -11,12 +11,20 @@ Difference from the official code: the official test accuracy is the mean of
 per-batch accuracies (a last partial batch is over-weighted); here it is the
 exact accuracy over the whole test split.
 
-Randomness: example i of a split uses `fold_in(key_split, i)`, so samples do
-not depend on the batch size.
+Randomness: example i of a split uses `fold_in(key_split, i)`, so the noise
+does not depend on the batch size or the device count (batches are sharded
+over a mesh, `api.map_batches`).
+
+The 'latent_classification' evaluator (`evaluation.api`) fits on
+`config.evals.latent_num_train` training examples (-1: the whole train split,
+as the official code; otherwise a seeded random subset) and scores on the
+evaluated test examples: metrics `latent/<name>/<u|w|z>`,
+`latent/mean/<kind>`, `latent/all`, `latent/num_train`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -25,6 +33,8 @@ import numpy as np
 from sklearn import linear_model
 
 from mmvaeplus_jax import distributions
+from mmvaeplus_jax import parallel
+from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import mmvaeplus
 
 Params = Any
@@ -62,26 +72,35 @@ def sample_latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
   return w, z
 
 
-_sample_latents = jax.jit(sample_latents, static_argnames=('model',))
+def _latents_per_example(key, params, index, batch, *, model):
+  """`sample_latents` with the example axis first: (w [B, M, Dw], z)."""
+  w, z = sample_latents(key, model, params, batch, index)
+  return jnp.swapaxes(w, 0, 1), jnp.swapaxes(z, 0, 1)
+
+
+_latents_jit = jax.jit(_latents_per_example, static_argnames=('model',))
 
 
 def latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
-            data: Mapping[str, np.ndarray], *, batch_size: int = 256
+            data: Mapping[str, np.ndarray], *, batch_size: int = 256,
+            mesh: jax.sharding.Mesh | None = None
             ) -> dict[str, dict[str, np.ndarray]]:
-  """`{name: {'u': [N, Dw+Dz], 'w': [N, Dw], 'z': [N, Dz]}}` for a split."""
+  """`{name: {'u': [N, Dw+Dz], 'w': [N, Dw], 'z': [N, Dz]}}` for a split.
+
+  Batches are sharded over `mesh` (default: one device); `params` must live
+  on `mesh` (e.g. replicated) or be uncommitted. Example i's noise comes from
+  `fold_in(key, i)`, whatever `batch_size` or the device count.
+  """
+  if mesh is None:
+    mesh = parallel.make_mesh(jax.devices()[:1])
   n = len(data[model.names[0]])
-  batch_size = min(batch_size, n)
-  ws, zs = [], []
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    take = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad
-    w, z = _sample_latents(
-        key, model, params, {k: np.asarray(data[k])[take] for k in model.names},
-        jnp.asarray(take, jnp.int32))
-    ws.append(np.asarray(w)[:, :stop - start])
-    zs.append(np.asarray(z)[:, :stop - start])
-  w, z = np.concatenate(ws, axis=1), np.concatenate(zs, axis=1)
-  return {name: {'u': np.concatenate([w[i], z[i]], -1), 'w': w[i], 'z': z[i]}
+  key = jax.device_put(key, parallel.replicated(mesh))
+  w, z = api.map_batches(
+      functools.partial(_latents_jit, model=model), mesh, n,
+      batch_size=batch_size, inputs={k: data[k] for k in model.names},
+      args=(key, params))  # [N, M, D]
+  return {name: {'u': np.concatenate([w[:, i], z[:, i]], -1), 'w': w[:, i],
+                 'z': z[:, i]}
           for i, name in enumerate(model.names)}
 
 
@@ -138,6 +157,7 @@ def latent_classification(
     *,
     batch_size: int = 256,
     max_iter: int = 1000,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
   """Fits on `train`, scores on `test` (both `{name: [N, ...], 'label'}`).
 
@@ -145,7 +165,40 @@ def latent_classification(
     `{'m0/u': acc, 'm0/w': ..., 'mean/z': ..., 'all': ...}`.
   """
   k_train, k_test = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-  clfs = fit(latents(k_train, model, params, train, batch_size=batch_size),
+  clfs = fit(latents(k_train, model, params, train, batch_size=batch_size,
+                     mesh=mesh),
              train['label'], max_iter=max_iter)
   return score(clfs, latents(k_test, model, params, test,
-                             batch_size=batch_size), test['label'])
+                             batch_size=batch_size, mesh=mesh), test['label'])
+
+
+def train_subset(num_train: int, size: int, seed: int) -> np.ndarray:
+  """Sorted indices of `num_train` training examples (-1 or >= size: all),
+  a seeded random subset (a split's file order may be sorted by class)."""
+  if num_train < 0 or num_train >= size:
+    return np.arange(size)
+  return np.sort(np.random.default_rng([int(seed), 7]).choice(
+      size, num_train, replace=False))
+
+
+@api.register('latent_classification')
+def latent_classification_metrics(ctx: api.EvalContext) -> dict:
+  """Linear latent classification (u, w, z per modality; train -> test).
+
+  Config (`config.evals`): `latent_num_train` training examples (-1: the
+  whole train split, official), `latent_max_iter`, `batch_size`. Metric
+  names `latent/<name>/<u|w|z>`, `latent/mean/<kind>`, `latent/all` (majority
+  vote of the z-classifiers) and `latent/num_train`.
+  """
+  ec = ctx.config.evals
+  idx = train_subset(ec.latent_num_train, len(ctx.train_source),
+                     ctx.config.seed)
+  train = ctx.train_source.read(idx)
+  names = list(ctx.model.names) + ['label']
+  acc = latent_classification(
+      ctx.key, ctx.model, ctx.params, {k: train[k] for k in names},
+      {k: ctx.data[k] for k in names}, batch_size=ec.batch_size,
+      max_iter=ec.latent_max_iter, mesh=ctx.mesh)
+  out = {f'latent/{k}': v for k, v in acc.items()}
+  out['latent/num_train'] = len(idx)
+  return out

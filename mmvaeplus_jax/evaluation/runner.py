@@ -1,51 +1,302 @@
 """The evaluation shell: `evaluate(config, workdir, step)`.
 
 Restores a training checkpoint read-only (abstract-state restore, replicated
-over the available devices), runs the evaluators the config enables and
-writes `workdir/eval/<step>/metrics.json` (plus TensorBoard scalars under
-`workdir/eval/` and PNG figures beside the metrics):
+over the available devices), runs the evaluators named in
+`config.evals.evaluators` (plug-ins, `evaluation.api`) and writes
+`workdir/eval/<step>/metrics.json` (every evaluator's metrics merged; a
+`skipped` dict `{name: reason}` for whatever could not run), TensorBoard
+scalars under `workdir/eval/` and PNG figures beside the metrics.
 
-* `eval/bound`: the test bound (IWAE, `config.evals.bound_num_samples`
-  samples) over `config.evals.num_examples` test examples;
-* coherence (`evaluation.coherence`: the paper's conditional coherence with
-  the full M x M matrix, unconditional coherence, optionally the all-subsets
-  protocol) when `config.evals.classifier_dir` names trained classifiers; an
-  explicit `skipped` reason otherwise;
-* unconditional and cross-modal sample grids.
+Evaluators (default: all of them, in this order):
 
-Every number is deterministic for `config.seed`: per-example keys come from
-the example index, not from the batch position or the device count.
+* `bound`: the test bound L (IWAE, `evals.bound_num_samples` samples) over
+  the test examples, `eval/bound`;
+* `coherence`: the paper's conditional coherence (full M x M matrix),
+  unconditional coherence, optionally the all-subsets protocol, and the
+  classifiers' test accuracies (`evaluation.coherence`; needs
+  `evals.classifier_dir`);
+* `fid`: FID per modality and per (source, target) (`evaluation.frechet`;
+  needs the Inception weights, `evals.inception_weights`);
+* `fd_clf`: the same protocol in the coherence classifiers' feature space
+  (`evaluation.fd_clf`; needs classifiers);
+* `latent_classification`: linear probes on u, w, z
+  (`evaluation.latent_classification`);
+* `likelihood`: importance-sampled log p(x_1:M) (`evaluation.likelihood`);
+* `figures`: the paper's figures (`evaluation.figures`; when that module is
+  absent, the training loop's sample grids and a `skipped` reason).
+
+Also available: `grids` (the training loop's two sample grids, cheap) and
+`alpha_sweep` (`evaluation.figures`).
+
+Every number is deterministic for `config.seed`: evaluator `name` gets the
+key `api.evaluator_key(root, name)`, and per-example keys come from the
+example index, not from the batch position or the device count.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import time
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmvaeplus_jax import models
+from mmvaeplus_jax import objectives
 from mmvaeplus_jax import parallel
+from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
+from mmvaeplus_jax.evaluation import fd_clf  # registers 'fd_clf'
+from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
+from mmvaeplus_jax.evaluation import latent_classification  # registers it
+from mmvaeplus_jax.evaluation import likelihood  # registers 'likelihood'
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
 from mmvaeplus_jax.training import writers
 
+del fd_clf, frechet, latent_classification, likelihood  # imported to register
+
+# Evaluators provided by modules that may be missing from a checkout
+# (written separately): name -> module. Imported lazily; a missing module
+# turns the evaluator into a `skipped` reason, any other import error raises.
+OPTIONAL = {'figures': 'mmvaeplus_jax.evaluation.figures',
+            'alpha_sweep': 'mmvaeplus_jax.evaluation.figures'}
+
+ROOT_KEY_SALT = 1_000_003
+
+
+# ---------------------------------------------------------------- evaluators
+
+
+def _to_float(x):
+  return x.astype(jnp.float32) / 255.0 if x.dtype == np.uint8 else x
+
+
+def _per_example_bound(params, key, index, batch, *, model, num_samples,
+                       beta, cross_private):
+  """`[B]` test bound L per example; example i's noise from fold_in(key, i)."""
+  batch = {n: _to_float(batch[n]) for n in model.names}
+  noise = jax.vmap(lambda i: model.sample_noise(
+      jax.random.fold_in(key, i), num_samples, 1))(index)  # [B, ..., 1, D]
+  noise = jax.tree.map(lambda x: jnp.moveaxis(x[..., 0, :], 0, -2),
+                       noise)  # [..., K, B, D]
+  lw = objectives.log_weights(model, params, batch, noise, beta=beta,
+                              cross_private=cross_private)
+  return objectives.moe_iw_bound(lw)
+
+
+_bound_jit = jax.jit(
+    _per_example_bound,
+    static_argnames=('model', 'num_samples', 'beta', 'cross_private'))
+
+
+@api.register('bound')
+def bound_evaluator(ctx: api.EvalContext) -> dict:
+  """`eval/bound`: the mean test bound L (IWAE with K =
+  `evals.bound_num_samples`, the config's beta), over all of `ctx.data`.
+
+  Example i's noise comes from `fold_in(key, i)` whatever the batch size or
+  device count; the per-example values are averaged on the host in float64
+  in example order.
+  """
+  ec, o = ctx.config.evals, ctx.config.objective
+  fn = functools.partial(
+      _bound_jit, model=ctx.model, num_samples=int(ec.bound_num_samples),
+      beta=float(o.beta), cross_private=o.cross_private)
+  n = len(ctx.data['label'])
+  key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
+  per_example = api.map_batches(
+      fn, ctx.mesh, n, batch_size=ec.batch_size,
+      inputs={m: ctx.data[m] for m in ctx.model.names},
+      args=(ctx.params, key))
+  return {'eval/bound': float(np.mean(np.asarray(per_example, np.float64)))}
+
+
+@api.register('coherence')
+def coherence_evaluator(ctx: api.EvalContext) -> dict:
+  """Conditional / unconditional (/ all-subsets) coherence and the
+  classifiers' test accuracies (`evaluation.coherence`)."""
+  if ctx.classifiers is None:
+    return api.skip('coherence', (
+        'no classifiers: set --config.evals.classifier_dir to a folder made'
+        ' by `python -m mmvaeplus_jax.evaluation.classifiers`'))
+  ec = ctx.config.evals
+  clf_params, meta = ctx.classifiers
+  key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
+  evaluator = coherence.CoherenceEvaluator(
+      ctx.model, classifiers.classify, clf_params, ctx.data, key=key,
+      batch_size=ec.batch_size, num_unconditional=ec.num_unconditional,
+      alpha=ec.alpha, all_subsets=ec.all_subsets)
+  out = evaluator.run(ctx.params)
+  for name in ctx.model.names:
+    acc = meta.get('test_accuracy', {}).get(name)
+    if acc is not None:
+      out[f'coherence/classifier_test_accuracy/{name}'] = acc
+  return out
+
+
+@api.register('grids')
+def grids_evaluator(ctx: api.EvalContext) -> dict:
+  """The training loop's two sample grids (`loop.write_grids`), cheap:
+  `unconditional_<step>.png` and `cross_modal_<step>.png` in `ctx.out_dir`."""
+  loop.write_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
+                   pipeline.ArraySource(ctx.data), ctx.key,
+                   ctx.config.evals.grid_examples, ctx.mesh, subdir='')
+  return {}
+
+
+def _grids_fallback(reason: str):
+  """'figures' without `evaluation.figures`: the training loop's grids."""
+
+  def grids(ctx: api.EvalContext) -> dict:
+    grids_evaluator(ctx)
+    return api.skip('figures', reason + '; wrote the sample grids only')
+
+  return grids
+
+
+def resolve(spec: str) -> list[tuple[str, api.Evaluator]]:
+  """Evaluator names (comma-separated) -> [(name, fn)], checked up front.
+
+  Raises:
+    KeyError: an unknown name (the message lists the known ones).
+  """
+  out = []
+  for name in api.parse_names(spec):
+    module = OPTIONAL.get(name)
+    if module is not None and name not in api.names():
+      try:
+        __import__(module)
+      except ModuleNotFoundError as e:
+        if e.name != module:
+          raise
+        reason = f'{module} is not available ({e})'
+        if name == 'figures':
+          out.append((name, _grids_fallback(reason)))
+        else:
+          out.append((name, lambda ctx, n=name, r=reason: api.skip(n, r)))
+        continue
+    try:
+      out.append((name, api.get(name)))
+    except KeyError:
+      known = sorted(set(api.names()) | set(OPTIONAL))
+      raise KeyError(
+          f'unknown evaluator {name!r} in config.evals.evaluators={spec!r};'
+          f' known: {", ".join(known)}') from None
+  return out
+
+
+# ------------------------------------------------------------------- sources
+
+
+class LazySource:
+  """A split read only when first used (`len` / `read`)."""
+
+  def __init__(self, load):
+    self._load, self._src = load, None
+
+  def _get(self):
+    if self._src is None:
+      self._src = self._load()
+    return self._src
+
+  def __len__(self) -> int:
+    return len(self._get())
+
+  def read(self, indices):
+    return self._get().read(indices)
+
+
+def _train_source(data_cfg):
+  def load():
+    from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+    manual_dir = data_cfg.manual_dir or None
+    if data_cfg.in_memory:
+      return pipeline.ArraySource(builders.load_split(
+          data_cfg.config, data_cfg.train_split, data_cfg.data_dir,
+          manual_dir=manual_dir))
+    builder = builders.prepare(data_cfg.config, data_cfg.data_dir,
+                               manual_dir=manual_dir)
+    return pipeline.DataSource(
+        builder.as_data_source(split=data_cfg.train_split))
+  return LazySource(load)
+
+
+def _eval_source(data_cfg):
+  """The test split (prepares the dataset if needed), as `loop` reads it."""
+  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  manual_dir = data_cfg.manual_dir or None
+  if jax.process_index() == 0:
+    builders.prepare(data_cfg.config, data_cfg.data_dir, manual_dir=manual_dir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('mmvaeplus_jax:eval_data_prepared')
+  if data_cfg.in_memory:
+    return pipeline.ArraySource(builders.load_split(
+        data_cfg.config, data_cfg.eval_split, data_cfg.data_dir,
+        manual_dir=manual_dir))
+  builder = builders.prepare(data_cfg.config, data_cfg.data_dir,
+                             manual_dir=manual_dir)
+  return pipeline.DataSource(builder.as_data_source(split=data_cfg.eval_split))
+
+
+# -------------------------------------------------------------------- runner
+
+
+def _merge(metrics: dict, skipped: dict, name: str, result: dict) -> None:
+  if not isinstance(result, dict):
+    raise TypeError(f'evaluator {name!r} returned {type(result).__name__},'
+                    ' expected a dict of metrics')
+  for k, v in result.items():
+    if k == 'skipped':
+      skipped.update(v)
+    elif k in metrics:
+      raise ValueError(f'evaluator {name!r} returned metric {k!r}, already'
+                       ' set by an earlier evaluator')
+    else:
+      metrics[k] = v
+
+
+def _scalars(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items()
+          if isinstance(v, (int, float, np.integer, np.floating))
+          and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+@functools.lru_cache(maxsize=8)
+def _model(model_json: str):
+  """One model object per model config, so that repeated evaluations in a
+  process reuse the compiled functions (the model is a static jit argument,
+  hashed by identity)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return models.get_model(ml_collections.ConfigDict(json.loads(model_json)))
+
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict:
-  """Evaluates checkpoint `step` (default: the latest) of `workdir`."""
+  """Evaluates checkpoint `step` (default: the latest) of `workdir`.
+
+  Returns:
+    The metrics written to `workdir/eval/<step>/metrics.json`.
+
+  Raises:
+    KeyError: `config.evals.evaluators` names an unknown evaluator (before
+      anything runs).
+  """
   loop.quiet_orbax()
+  evaluators = resolve(config.evals.evaluators)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
-  model = models.get_model(config.model)
+  model = _model(json.dumps(config.model.to_dict(), sort_keys=True))
   tx = step_lib.make_optimizer(config.optim)
-  _, eval_src = loop.load_sources(config.data)
+  eval_src = _eval_source(config.data)
   n = len(eval_src) if ec.num_examples <= 0 else min(ec.num_examples,
                                                       len(eval_src))
   data = eval_src.read(np.arange(n))  # {name: uint8 [n, ...], 'label': [n]}
@@ -63,52 +314,36 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
       manager, checkpointing.abstract_with_shardings(abstract, repl), step)
   step = int(state.step)
   params = state.params
+  del state  # the optimiser state is not needed
   out_dir = os.path.join(workdir, 'eval', str(step))
   os.makedirs(out_dir, exist_ok=True)
-  key = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
-  k_bound, k_coh, k_grid = jax.random.split(key, 3)
+  root = jax.random.fold_in(jax.random.key(config.seed), ROOT_KEY_SALT)
 
-  metrics: dict = {'step': step, 'num_examples': n}
-  skipped: dict[str, str] = {}
-  eval_fn = jax.jit(functools.partial(
-      step_lib.eval_step, model=model, num_samples=ec.bound_num_samples,
-      beta=config.objective.beta, cross_private=config.objective.cross_private))
-  batch = min(ec.batch_size, n)
-  batch -= batch % mesh.devices.size
-  metrics['eval/bound'] = loop.evaluate_bound(
-      eval_fn, params, pipeline.ArraySource(data), k_bound, num_examples=n,
-      global_batch=batch, mesh=mesh)
-
+  clfs = None
   if ec.classifier_dir:
     clf_params, meta = classifiers.load_classifiers(
         ec.classifier_dir, model.names)
-    # Everything a jitted evaluator reads lives where the params live.
-    clf_params, k_coh = jax.device_put((clf_params, k_coh), repl)
-    evaluator = coherence.CoherenceEvaluator(
-        model, classifiers.classify, clf_params, data, key=k_coh,
-        batch_size=ec.batch_size, num_unconditional=ec.num_unconditional,
-        alpha=ec.alpha, all_subsets=ec.all_subsets)
-    metrics.update(evaluator.run(params))
-    for name in model.names:
-      acc = meta.get('test_accuracy', {}).get(name)
-      if acc is not None:
-        metrics[f'coherence/classifier_test_accuracy/{name}'] = acc
-  else:
-    skipped['coherence'] = (
-        'no classifiers: set --config.evals.classifier_dir to a folder made'
-        ' by `python -m mmvaeplus_jax.evaluation.classifiers`')
-  skipped['fid'] = ('not wired into eval.py yet (see '
-                    'mmvaeplus_jax.evaluation.fid)')
+    clfs = (jax.device_put(clf_params, repl), meta)
 
-  loop.write_grids(out_dir, step, model, params, pipeline.ArraySource(data),
-                   k_grid, ec.grid_examples, mesh, subdir='')
+  metrics: dict = {'step': step, 'num_examples': n}
+  skipped: dict[str, str] = {}
+  train_source = _train_source(config.data)
+  for name, fn in evaluators:
+    ctx = api.EvalContext(
+        config=config, model=model, params=params, data=data,
+        train_source=train_source, mesh=mesh,
+        key=api.evaluator_key(root, name), out_dir=out_dir, step=step,
+        classifiers=clfs)
+    start = time.time()
+    _merge(metrics, skipped, name, fn(ctx))
+    logging.info('evaluator %s: %.1f s%s', name, time.time() - start,
+                 f' (skipped: {skipped[name]})' if name in skipped else '')
   metrics['skipped'] = skipped
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2, sort_keys=True)
     writer = writers.create_writer(os.path.join(workdir, 'eval'))
-    writer.write_scalars(step, {k: v for k, v in metrics.items()
-                                if isinstance(v, (int, float))})
+    writer.write_scalars(step, _scalars(metrics))
     writer.flush()
   logging.info('Evaluation of step %d written to %s', step, out_dir)
   return metrics
