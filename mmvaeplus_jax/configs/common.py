@@ -51,6 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
       width=1.0,  # channel multiplier (1.0 = the official networks)
       family='laplace',
       likelihood_scale=0.75,
+      # 'float32' or 'bfloat16': compute dtype of the networks' Conv / Dense
+      # (float32 master params; likelihoods, bound and optimiser in float32).
+      compute_dtype='float32',
+      remat=False,  # recompute encoder / decoder activations in backward
+      vmap_modalities=False,  # equal networks as one vmapped (grouped) call
   ))
   c.objective = ml_collections.ConfigDict(dict(
       num_samples=1,  # K
@@ -74,13 +79,50 @@ def base_config() -> ml_collections.ConfigDict:
       grid_examples=8,  # columns of the sample grids
   ))
   c.evals = ml_collections.ConfigDict(dict(
+      # eval.py's plug-ins (evaluation.api), comma-separated, run in order.
+      evaluators=('bound,coherence,fid,fd_clf,latent_classification,'
+                  'likelihood,figures,alpha_sweep'),
       num_examples=-1,  # test examples evaluated by eval.py (-1: all)
-      batch_size=256,
+      batch_size=256,  # examples per device call (rounded to the devices)
       bound_num_samples=10,  # K of the reported test bound
       classifier_dir='',  # coherence classifiers (evaluation.classifiers)
       num_unconditional=10_000,  # prior samples for unconditional coherence
       all_subsets=False,  # also the MultiVae-style all-subsets coherence
       alpha=1.0,  # test-time scale of p(w) (official 1)
       grid_examples=8,
+      # FID (pytorch-fid 0.2.1). '' = ~/.cache/mmvaeplus_jax/ (or
+      # $XDG_CACHE_HOME/mmvaeplus_jax/) pt_inception-2015-12-05-6726825d.pth.
+      inception_weights='',
+      fid_stats_dir='',  # real-set statistics cache ('' = <cache>/fid_stats)
+      fid_num_examples=-1,  # real images per modality = conditional inputs
+      fid_num_unconditional=-1,  # prior samples per modality (-1: as real)
+      fid_conditional=True,  # the M x M conditional FIDs (M^2 sets)
+      fid_batch_size=128,  # images per device call
+      fid_drop_last_partial_batch=True,  # official: 9,984 of 10,000 images
+      # FD_clf: the same protocol in the coherence classifiers' features.
+      fd_clf_num_examples=-1,
+      fd_clf_num_unconditional=-1,
+      # Linear latent classification.
+      latent_num_train=-1,  # training examples (-1: the whole split)
+      latent_max_iter=1000,
+      # Importance-sampled log p(x_1:M).
+      likelihood_num_examples=1000,
+      likelihood_num_samples=1000,  # K per mixture component (M K in all)
+      likelihood_chunk=10,  # draws per component per step (memory)
+      likelihood_batch_size=16,  # examples per device call
+      # Figures (evaluation.figures): Figs. 1/6, 7, 8, 9, 10, 20.
+      figures_samples=4,  # cross-modal samples per input
+      figures_unconditional=16,  # joint prior samples (the paper shows 64)
+      figures_source='',  # modality of the traversal/alpha figures ('' = first)
+      figures_zoom=2,
+      figures_chunk=128,  # latents per decoder call
+      traversal_steps=9,
+      traversal_span=5.0,  # +- prior scales (paper: 5)
+      traversal_quantiles=False,  # traverse prior quantiles instead
+      alpha_grid=(0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0),  # Fig. 20
+      alpha_grid_samples=2,
+      # Alpha sweep (Fig. 19): coherence and FD_clf vs the p(w) scale.
+      alpha_sweep=(0.5, 1.0, 2.0, 4.0, 8.0),
+      alpha_sweep_fd_key='fd_clf/cond/mean/with_self',
   ))
   return c

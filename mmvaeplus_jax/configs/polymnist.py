@@ -34,6 +34,13 @@ def get_config(arg=None):
     c.train.update(batch_size=32, num_epochs=-1, num_steps=800,
                    log_every_steps=25, eval_every_steps=400,
                    checkpoint_every_steps=400, eval_examples=320)
+    # eval.py on a CPU in a few minutes (FID, when the Inception weights are
+    # there, passes 15 sets of 128 images through Inception: minutes on a
+    # CPU).
+    c.evals.update(num_unconditional=1000, fid_num_examples=128,
+                   fid_num_unconditional=128, latent_num_train=1000,
+                   likelihood_num_examples=100, likelihood_num_samples=100,
+                   likelihood_chunk=25)
   elif a.variant == 'official2024':
     c.data.config = 'rebuilt'
     c.objective.update(num_samples=1, beta=2.5, estimator='iwae')
@@ -51,6 +58,16 @@ def get_config(arg=None):
                    checkpoint_every_steps=3, eval_examples=16,
                    grid_examples=4)
     c.data.prefetch = 1
+    # Tests run the cheap evaluators by default (tests/eval_test.py runs all).
+    c.evals.update(evaluators='bound,coherence,fid,grids',
+                   num_examples=64, batch_size=32, bound_num_samples=2,
+                   num_unconditional=64, fid_num_examples=16,
+                   fid_num_unconditional=16, fid_conditional=False,
+                   fid_batch_size=16, fid_drop_last_partial_batch=False,
+                   latent_num_train=200, latent_max_iter=200,
+                   likelihood_num_examples=16, likelihood_num_samples=8,
+                   likelihood_chunk=4, likelihood_batch_size=8,
+                   grid_examples=4)
   else:
     raise ValueError(
         f'unknown polymnist variant {a.variant!r}: use demo, official2024,'

@@ -12,6 +12,9 @@ def get_model(config):
     return polymnist.make_mmvaeplus(
         num_modalities=config.num_modalities, dim_w=config.dim_w,
         dim_z=config.dim_z, width=config.width, family=config.family,
-        likelihood_scale=config.likelihood_scale)
+        likelihood_scale=config.likelihood_scale,
+        compute_dtype=config.get('compute_dtype', 'float32'),
+        remat=config.get('remat', False),
+        vmap_modalities=config.get('vmap_modalities', False))
   raise ValueError(
       f'unknown model.name {config.name!r}; known: {MODEL_NAMES}')

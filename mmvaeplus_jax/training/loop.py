@@ -187,7 +187,6 @@ def train_and_evaluate(config, workdir: str):
   mesh = parallel.make_mesh()
   parallel.check_batch_size(tc.batch_size, mesh)
   repl = parallel.replicated(mesh)
-  batch_sharding = parallel.data_sharding(mesh)
 
   root = jax.random.key(config.seed)
   init_key, train_key, eval_key = jax.random.split(root, 3)
@@ -217,10 +216,7 @@ def train_and_evaluate(config, workdir: str):
         return json.load(f)
     return {'step': start}
 
-  train_fn = jax.jit(
-      step_lib.make_train_step(config, model, tx),
-      in_shardings=(repl, batch_sharding, repl),
-      out_shardings=(repl, repl), donate_argnums=0)
+  train_fn = step_lib.jit_train_step(config, model, tx, mesh)
   o = config.objective
   eval_fn = jax.jit(functools.partial(
       step_lib.eval_step, model=model, num_samples=o.num_samples,

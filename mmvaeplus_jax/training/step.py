@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from mmvaeplus_jax import estimators
+from mmvaeplus_jax import parallel
 
 
 @flax.struct.dataclass
@@ -107,3 +108,16 @@ def make_train_step(config, model, tx):
   return functools.partial(
       train_step, model=model, tx=tx, num_samples=o.num_samples, beta=o.beta,
       estimator=o.estimator, cross_private=o.cross_private)
+
+
+def jit_train_step(config, model, tx, mesh):
+  """The trainer's compiled step: state replicated and donated, batch sharded.
+
+  `(state, batch, base_key) -> (state, metrics)`; the training shell and
+  `bench/step.py` both use this, so the benchmark times the trainer's program.
+  """
+  repl = parallel.replicated(mesh)
+  return jax.jit(
+      make_train_step(config, model, tx),
+      in_shardings=(repl, parallel.data_sharding(mesh), repl),
+      out_shardings=(repl, repl), donate_argnums=0)
