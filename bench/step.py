@@ -364,9 +364,9 @@ def main(argv=None):
   else:
     plat, ndev, kind = probe_platform()
   cases = build_cases(args, plat, ndev)
-  print(f'# {len(cases)} case(s) on {plat} ({ndev} x {kind}), '
-        f'{args.warmup} warm-up + {args.steps} timed steps each'
-        f'{" (compile only)" if args.compile_only else ""}; '
+  what = ('compile only' if args.compile_only else
+          f'{args.warmup} warm-up + {args.steps} timed steps each')
+  print(f'# {len(cases)} case(s) on {plat} ({ndev} x {kind}), {what}; '
         'input: synthetic uint8 images -> float32, pre-placed on device '
         '(input pipeline not timed); peak bytes: (dev) = device '
         'peak_bytes_in_use, (xla) = compiled temp+argument+output bytes',
