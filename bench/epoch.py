@@ -80,6 +80,7 @@ def main(argv=None):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import step as step_bench  # pylint: disable=g-import-not-at-top
   step_bench.configure(jax, args.compilation_cache)
+  cache_hits = step_bench.cache_hit_counter(jax)
 
   config = polymnist.get_config(args.recipe)
   if args.width is not None:
@@ -130,6 +131,7 @@ def main(argv=None):
         f'data: {data_desc}', flush=True)
 
   jax.block_until_ready(state)
+  hits_before = len(cache_hits)
   pending, losses = None, []
   t_start = time.perf_counter()
   t_first = None
@@ -172,6 +174,7 @@ def main(argv=None):
       loss_finite=bool(np.all(np.isfinite(losses))),
       num_epochs=config.train.num_epochs, note=args.note,
       compilation_cache=bool(args.compilation_cache),
+      first_step_cache_hit=len(cache_hits) > hits_before,
       command=' '.join(['python', 'bench/epoch.py'] + list(
           sys.argv[1:] if argv is None else argv)),
   )
@@ -180,8 +183,10 @@ def main(argv=None):
     row['epoch_s_steady'] = epoch_s
     row['recipe_hours_extrapolated'] = (
         config.train.num_epochs * epoch_s + first_s) / 3600
+  compiled_how = ('program loaded from the compilation cache'
+                  if row['first_step_cache_hit'] else 'compilation included')
   print(f'epoch: {num_steps} steps in {t_end - t_start:.1f} s (first step, '
-        f'compilation included, {first_s:.1f} s; then '
+        f'{compiled_how}, {first_s:.1f} s; then '
         f'{steps_per_s or float("nan"):.2f} steps/s, '
         f'{row["samples_per_s"] or float("nan"):.0f} samples/s); loss '
         f'{losses[0]:.1f} -> {losses[-1]:.1f}', flush=True)

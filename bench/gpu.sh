@@ -47,8 +47,9 @@
 # Wheels found in .whl/ are installed into /tmp/site (no network, no deps).
 # The project itself is used from the working tree (PYTHONPATH), not
 # installed. Peak TFLOP/s for the fraction-of-peak column: NVIDIA's dense
-# spec figures for H100/H200 SXM, TF32 494.7 (JAX's default float32
-# convolution precision on these GPUs uses TF32) and BF16 989.4.
+# spec figures for H100/H200 SXM, TF32 494.7 (for float32 rows: JAX's default
+# precision lets XLA run float32 convolutions in TF32 on these GPUs) and
+# BF16 989.4.
 
 set -uo pipefail
 cd "$(dirname "$0")/.."

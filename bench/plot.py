@@ -62,6 +62,9 @@ def plot(rows, path):
     raise SystemExit('no sweep rows (rows with "sweep" and no "error")')
   fig, axes = plt.subplots(2, len(sweeps), figsize=(4.2 * len(sweeps), 7),
                            squeeze=False)
+  labels = sorted({l for s in sweeps for l in data[s]})
+  cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  color = {l: cycle[i % len(cycle)] for i, l in enumerate(labels)}
   for j, sweep in enumerate(sweeps):
     ax_t, ax_m = axes[0, j], axes[1, j]
     for label, points in sorted(data[sweep].items()):
@@ -72,11 +75,12 @@ def plot(rows, path):
         lo = [t[i] - points[xs[i]]['ms_p25'] for i in keep]
         hi = [points[xs[i]]['ms_p75'] - t[i] for i in keep]
         ax_t.errorbar([xs[i] for i in keep], [t[i] for i in keep],
-                      yerr=[lo, hi], marker='o', capsize=3, label=label)
+                      yerr=[lo, hi], marker='o', capsize=3, label=label,
+                      color=color[label])
       mem = [points[x].get('peak_bytes') for x in xs]
       keep = [i for i, v in enumerate(mem) if v is not None]
       ax_m.plot([xs[i] for i in keep], [mem[i] / 2**20 for i in keep],
-                marker='s', label=label)
+                marker='s', label=label, color=color[label])
     for ax, ylabel in ((ax_t, 'ms / step (median, IQR)'),
                        (ax_m, 'peak MiB')):
       ax.set_xlabel(SWEEP_X[sweep][1])
@@ -132,7 +136,8 @@ def markdown(paths):
         f'{g("width")} | {g("num_modalities")} | {g("num_samples")} | '
         f'{g("batch_size")} | {g("estimator")} | {g("compute_dtype")} | '
         f'{_fmt(g("samples_per_s"), ",.1f")} | {_fmt(g("steps_per_s"), ".3f")}'
-        f' | {t} | {_fmt(g("compile_s"), ".1f")} | '
+        f' | {t} | {_fmt(g("compile_s"), ".1f")}'
+        f'{" (cached)" if g("compile_cache_hit") else ""} | '
         f'{"-" if mem is None else f"{mem / 2**20:,.0f} ({kind})"} | '
         f'{_fmt((g("flops_per_step") or 0) / 1e9 or None, ",.1f")} | '
         f'{_fmt(g("tflops_per_s"), ".4f")} |')

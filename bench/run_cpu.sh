@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of bench/RESULTS.md in one go, then the scaling plot.
 #
-#   bash bench/run_cpu.sh                  # about 25 minutes, 2-core CPU
-#   RUN_CPU_FULL=1 bash bench/run_cpu.sh   # + one timed dreg_k10_b128 step
-#                                          #   (about 30 minutes more)
+#   bash bench/run_cpu.sh                     # 2-core CPU: 34 min while
+#                                             # shared (load 1.5-5), less quiet
+#   RUN_CPU_OPTIONS=1 bash bench/run_cpu.sh   # + remat and bf16 rows (~4 min)
+#   RUN_CPU_FULL=1 bash bench/run_cpu.sh      # + one timed dreg_k10_b128 step
+#                                             #   (about 30 minutes more)
 #
 # Writes bench/cpu/cpu_step.jsonl (bench/step.py rows), cpu_epoch.jsonl
-# (bench/epoch.py row), cpu_log.txt (everything printed) and
-# bench/cpu/scaling_cpu.png; prints the table rows as they come and the total
-# time. Rows are appended: delete bench/cpu/ first for a clean table. Run it
-# on a quiet machine: the numbers are wall-clock times. XLA:CPU runs this
-# model at about 8 GFLOP/s here, so the step counts are chosen to fit:
+# (bench/epoch.py row), cpu_log.txt (everything printed), tables.md (all
+# rows as markdown, to paste into bench/RESULTS.md) and scaling_cpu.png;
+# prints the table rows as they come and the total time. It starts these
+# files afresh (BENCH_APPEND=1 appends instead). Run it on a quiet machine:
+# the numbers are wall-clock times. XLA:CPU runs this model at about
+# 7-15 GFLOP/s here, so the step counts are chosen to fit:
 #
 #   1. cpu_default (width 1/4, B=32, the 2024 recipe): 3 warm-up + 20 steps
 #   2. full width, one timed step each, no warm-up (a full-width step is
@@ -22,7 +25,9 @@
 #      devices 1, 2, 4, 8 at B=32; batch 8..128: 1 warm-up + 3 steps each
 #   4. 20 steps of the training loop's hot path at the cpu_default size
 #      (bench/epoch.py: input pipeline + step), to compare with row 1
-#   5. the plot
+#   (RUN_CPU_OPTIONS=1: remat at K = 10, 20 and bf16 at K = 10, width 1/8,
+#    B=8, to compare with the K sweep)
+#   5. the plot and the markdown tables
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -31,6 +36,9 @@ DEST=${BENCH_OUT:-bench/cpu}
 mkdir -p "$DEST"
 JSONL="$DEST/cpu_step.jsonl"
 EPOCH_JSONL="$DEST/cpu_epoch.jsonl"
+if [ "${BENCH_APPEND:-0}" != "1" ]; then
+  rm -f "$JSONL" "$EPOCH_JSONL" "$DEST/cpu_log.txt" "$DEST/tables.md"
+fi
 exec > >(tee -a "$DEST/cpu_log.txt") 2>&1
 unset XLA_FLAGS  # one CPU device unless a sweep sets fake devices
 export JAX_PLATFORMS=cpu
@@ -59,10 +67,19 @@ SW=(--sweep_width=0.125 --steps=3 --warmup=1)
 "$PY" bench/step.py "${COMMON[@]}" "${SW[@]}" --sweep=K --sweep_batch=8
 "$PY" bench/step.py "${COMMON[@]}" "${SW[@]}" --sweep=M,devices --sweep_batch=32
 "$PY" bench/step.py "${COMMON[@]}" "${SW[@]}" --sweep=batch
+if [ "${RUN_CPU_OPTIONS:-0}" = "1" ]; then
+  say "options: remat and bf16 (width 1/8, B=8)"
+  "$PY" bench/step.py "${COMMON[@]}" "${SW[@]}" --sweep=K --sweep_batch=8 \
+    --sweep_values=10,20 --remat
+  "$PY" bench/step.py "${COMMON[@]}" "${SW[@]}" --sweep=K --sweep_batch=8 \
+    --sweep_values=10 --compute_dtype=bfloat16
+fi
 say "4/5 training-loop hot path at the cpu_default size"
 "$PY" bench/epoch.py --width=0.25 --batch_size=32 --steps=20 \
   --compilation_cache "$CACHE" --out "$EPOCH_JSONL" --note "run_cpu.sh"
-say "5/5 plot"
+say "5/5 plot and tables"
 "$PY" bench/plot.py "$JSONL" --out "$DEST/scaling_cpu.png"
+"$PY" bench/plot.py "$JSONL" "$EPOCH_JSONL" --markdown > "$DEST/tables.md"
+cat "$DEST/tables.md"
 say "load at end: $(cat /proc/loadavg)"
 say "total $(( $(date +%s) - START )) s"

@@ -22,7 +22,8 @@ exactly as the training shell does (`training/step.py:jit_train_step` over
   `xla:temp+arg+out`: what XLA allocates for one step, not a measured peak);
 * FLOPs per step from `compiled.cost_analysis()` (XLA's count for the
   partitioned per-device program, times the number of devices), the achieved
-  TFLOP/s and, with `--peak_tflops`, the fraction of that peak;
+  TFLOP/s and, with `--peak_tflops`, the fraction of that peak (none for
+  `--remat`: XLA counts the body of its loop over K once);
 * the jit cache size after all steps (1 = the step compiled once).
 
 Input: synthetic uint8 images (uniform 0..255, fixed seed) of the right
@@ -303,7 +304,7 @@ COLUMNS = (
     ('case', 18, '{}'), ('device', 14, '{}'), ('ndev', 4, '{}'),
     ('samples/s', 10, '{:.1f}'), ('steps/s', 8, '{:.3f}'),
     ('ms/step', 10, '{:.1f}'), ('IQR ms', 15, '{}'), ('min-max ms', 15, '{}'),
-    ('compile s', 9, '{:.1f}'), ('peak bytes', 22, '{}'),
+    ('compile s', 12, '{}'), ('peak bytes', 22, '{}'),
     ('GFLOP/step', 10, '{:.1f}'), ('TFLOP/s', 8, '{:.3f}'),
     ('%peak', 6, '{}'),
 )
@@ -323,7 +324,9 @@ def _cell(row, col):
                  if g('ms_p25') is not None else None),
       'min-max ms': (f'{g("ms_min"):.1f}-{g("ms_max"):.1f}'
                      if g('ms_min') is not None else None),
-      'compile s': g('compile_s'),
+      'compile s': (f'{g("compile_s"):.1f}' + (' cached' if g(
+          'compile_cache_hit') else '') if g('compile_s') is not None
+                    else None),
       'peak bytes': (f'{g("peak_bytes") / 2**20:,.0f} MiB '
                      f'{"(xla)" if g("peak_bytes_kind", "").startswith("xla") else "(dev)"}'
                      if g('peak_bytes') is not None else None),
@@ -416,6 +419,22 @@ def _memory(compiled):
                     'generated_code')}
 
 
+def cache_hit_counter(jax):
+  """A list that grows by one per persistent-compilation-cache hit."""
+  hits = []
+
+  def listener(event, **kwargs):
+    del kwargs
+    if event == '/jax/compilation_cache/cache_hits':
+      hits.append(event)
+
+  try:
+    jax.monitoring.register_event_listener(listener)
+  except AttributeError:  # other JAX versions: hits stay unknown (0)
+    pass
+  return hits
+
+
 def configure(jax, cache_dir=None):
   """The training shell's settings (`parallel.configure_jax`), with the
   persistent compilation cache off unless `cache_dir` is given."""
@@ -458,6 +477,7 @@ def _measure(args, case, row):
   from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
   configure(jax, args.compilation_cache)
+  cache_hits = cache_hit_counter(jax)
 
   config = polymnist.get_config(case.recipe)
   config.model.update(width=case.width, num_modalities=case.num_modalities,
@@ -507,11 +527,20 @@ def _measure(args, case, row):
   t = time.perf_counter()
   lowered = train_fn.lower(state, batches[0], train_key)
   lower_s = time.perf_counter() - t
+  hits_before = len(cache_hits)
   t = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
+  # A program already in the compilation cache (the same case earlier in the
+  # run, e.g. M=5 of the M sweep = devices=1) loads instead of compiling.
+  compile_cache_hit = len(cache_hits) > hits_before
   _log(f'{case.name}: lower {lower_s:.1f} s, compile {compile_s:.1f} s')
   flops_dev = _flops(compiled)
+  flops_raw = flops_dev
+  if case.remat:
+    # XLA's cost analysis counts a while loop's body once, not once per
+    # iteration, and remat decodes in a lax.map loop over K: no valid count.
+    flops_dev = None
   flops = flops_dev * len(devices) if flops_dev is not None else None
   mem = _memory(compiled)
 
@@ -525,8 +554,10 @@ def _measure(args, case, row):
       data='synthetic uint8 -> float32, pre-placed on device',
       init_s=init_s, lower_s=lower_s, compile_s=compile_s,
       flops_per_step=flops, flops_per_device=flops_dev,
+      flops_xla_raw=flops_raw,
       xla_memory=mem, steps=0 if args.compile_only else args.steps,
       compilation_cache=bool(args.compilation_cache),
+      compile_cache_hit=compile_cache_hit,
       warmup=args.warmup,
   )
   if mem:

@@ -14,9 +14,13 @@
   float reassociation, and the compiled step's temporary memory shrinks.
 * The trainer's jitted step (`step.jit_train_step`, sharded over 8 fake CPU
   devices) compiles once for several steps with different batches.
+* `bench/step.py` builds the documented cases and sweeps.
 """
 
+import importlib.util
+import pathlib
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +160,39 @@ def test_train_step_compiles_once_on_the_8_device_mesh():
     state, metrics = train_fn(state, parallel.global_batch(mesh, batch), key)
   assert int(state.step) == 4 and np.isfinite(float(metrics['train/loss']))
   assert train_fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+def _bench_step_module():
+  path = pathlib.Path(__file__).resolve().parents[1] / 'bench' / 'step.py'
+  spec = importlib.util.spec_from_file_location('bench_step', path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_cases_sweeps_and_fake_devices():
+  """bench/step.py: --help names every case and sweep, the sweeps hold the
+  asked values, and the CPU devices sweep sets the fake device count in the
+  worker's environment (it must be set before JAX starts). No JAX here."""
+  bench = _bench_step_module()
+  epilog = bench._help_epilog()  # pylint: disable=protected-access
+  for name in list(bench.CASES) + list(bench.SWEEPS):
+    assert f'  {name} ' in epilog
+  args = bench.parse_args(['--sweep=K,M,devices', '--compute_dtype=bfloat16'])
+  cases = bench.build_cases(args, 'cpu', 1)
+  assert [c.num_samples for c in cases if c.sweep == 'K'] == [1, 2, 5, 10, 20]
+  assert [c.num_modalities for c in cases if c.sweep == 'M'] == [2, 3, 4, 5]
+  devices = [c for c in cases if c.sweep == 'devices']
+  assert [c.fake_devices for c in devices] == [1, 2, 4, 8]
+  assert all(c.width == 0.125 and c.batch_size == 32 for c in cases)
+  assert all(c.name.endswith('+bf16') for c in cases)
+  env = bench._worker_env(4)  # pylint: disable=protected-access
+  assert '--xla_force_host_platform_device_count=4' in env['XLA_FLAGS'].split()
+  assert '--xla_force_host_platform_device_count=8' not in env['XLA_FLAGS']
+  gpu = bench.build_cases(bench.parse_args(['--sweep=devices']), 'gpu', 4)
+  assert [(c.num_devices, c.fake_devices) for c in gpu] == [(1, None),
+                                                            (2, None),
+                                                            (4, None)]
+  assert [c.name for c in bench.build_cases(bench.parse_args([]), 'cpu', 1)
+          ] == ['cpu_default']

@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
       # 'float32' or 'bfloat16': compute dtype of the networks' Conv / Dense
       # (float32 master params; likelihoods, bound and optimiser in float32).
       compute_dtype='float32',
-      remat=False,  # recompute encoder / decoder activations in backward
+      remat=False,  # decoders per K-slice, rematerialised: memory flat in K
       vmap_modalities=False,  # equal networks as one vmapped (grouped) call
   ))
   c.objective = ml_collections.ConfigDict(dict(

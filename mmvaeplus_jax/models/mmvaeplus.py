@@ -109,8 +109,10 @@ class MMVAEPlus:
       slice under `jax.checkpoint`, so the backward pass recomputes one
       slice's activations at a time instead of keeping those of all
       M * K * B latents of all M decoders alive. Same values and gradients
-      (up to float reassociation); costs about one extra decoder forward
-      pass and a sequential loop over K. The loop matters: on XLA:CPU a
+      (up to float reassociation); costs an extra decoder forward pass and
+      a sequential loop over K (width 1/8, B = 8, DReG on XLA:CPU: memory
+      87-89 MiB at K = 10 and 20 instead of 579 and 1,086 MiB, steps 2.1-2.4x
+      longer; bench/RESULTS.md, table 3). The loop matters: on XLA:CPU a
       bare `jax.checkpoint` around each decoder left the compiled step's
       temporary memory unchanged (three decoders: 381 MB with and without),
       while the same checkpoint inside `lax.map` cut it to 134 MB
@@ -250,7 +252,6 @@ class MMVAEPlus:
     names = [self.names[i] for i in idx]
     return jax.tree.map(lambda *t: jnp.stack(t),
                         *[params[group][n] for n in names])
-
 
   def encode(self, params, batch: Batch) -> Posteriors:
     """Runs the M encoders: stacked posteriors `[M, B, D]`."""
