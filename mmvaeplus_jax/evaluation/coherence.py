@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmvaeplus_jax import distributions
+from mmvaeplus_jax import parallel
 from mmvaeplus_jax.models import mmvaeplus
 
 Array = jax.Array
@@ -290,6 +291,26 @@ def _batches(
            np.asarray(data['label'])[take].astype(np.int32), index)
 
 
+def _batch_size(batch_size: int, n: int, mesh) -> int:
+  """`min(batch_size, n)`, rounded up to a multiple of the mesh's devices."""
+  b = max(1, min(int(batch_size), n))
+  if mesh is None:
+    return b
+  unit = mesh.devices.size
+  return -(-b // unit) * unit
+
+
+def _place(mesh, tree):
+  """Host arrays (the same on every host) sharded over the batch axis of
+  `mesh`; unchanged without a mesh."""
+  if mesh is None:
+    return tree
+  sharding = parallel.data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(
+          x.shape, sharding, lambda i, x=x: x[i]), tree)
+
+
 def _check_data(model, data):
   missing = [k for k in (*model.names, 'label') if k not in data]
   if missing:
@@ -340,6 +361,7 @@ def conditional_coherence(
     *,
     batch_size: int = 256,
     alpha: float = 1.0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> ConditionalCoherence:
   """The paper's conditional coherence over a whole split (module docstring).
 
@@ -352,12 +374,15 @@ def conditional_coherence(
     data: `{name: [N, *event], 'label': [N]}` (e.g. `builders.load_split`).
     batch_size: examples per jitted call (does not change the result).
     alpha: multiplies the scale of the fixed prior p(w) (official 1).
+    mesh: shard every batch over this mesh's 'data' axis (params and key
+      replicated on it); None: one device.
   """
   _check_data(model, data)
   m = model.num_modalities
   correct = np.zeros((m, m), np.int64)
-  batch_size = min(batch_size, len(data['label']))
-  for inputs, labels, index in _batches(data, model.names, batch_size):
+  batch_size = _batch_size(batch_size, len(data['label']), mesh)
+  for batch in _batches(data, model.names, batch_size):
+    inputs, labels, index = _place(mesh, batch)
     correct += np.asarray(_conditional_counts(
         key, model, params, classify, clf_params, inputs, labels, index,
         alpha))
@@ -416,6 +441,7 @@ def subset_coherence(
     *,
     batch_size: int = 256,
     alpha: float = 1.0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> SubsetCoherence:
   """All-subsets coherence (MoPoE/MultiVae style; module docstring).
 
@@ -427,8 +453,9 @@ def subset_coherence(
     raise ValueError('subset coherence needs at least 2 modalities')
   subs = subsets(m)
   correct = np.zeros((len(subs), m), np.int64)
-  batch_size = min(batch_size, len(data['label']))
-  for inputs, labels, index in _batches(data, model.names, batch_size):
+  batch_size = _batch_size(batch_size, len(data['label']), mesh)
+  for batch in _batches(data, model.names, batch_size):
+    inputs, labels, index = _place(mesh, batch)
     correct += np.asarray(_subset_counts(
         key, model, params, classify, clf_params, inputs, labels, index,
         alpha))
@@ -471,6 +498,7 @@ def unconditional_coherence(
     num_samples: int = 10_000,
     batch_size: int = 256,
     alpha: float = 1.0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> UnconditionalCoherence:
   """Fraction of joint prior samples whose M decoded digits all agree.
 
@@ -480,16 +508,17 @@ def unconditional_coherence(
     num_samples: N (official 10,000).
     batch_size: samples per jitted call (does not change the result).
     alpha: multiplies the scale of p(w) (official 1).
+    mesh: as `conditional_coherence`.
   """
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  batch_size = min(batch_size, num_samples)
+  batch_size = _batch_size(batch_size, num_samples, mesh)
   coherent, hist = 0, None
   for start in range(0, num_samples, batch_size):
     index = np.arange(start, start + batch_size)
     index = np.where(index < num_samples, index, -1).astype(np.int32)
     c, h = _unconditional_counts(
-        key, model, params, classify, clf_params, index, alpha)
+        key, model, params, classify, clf_params, _place(mesh, index), alpha)
     coherent += int(c)
     hist = np.asarray(h, np.int64) + (0 if hist is None else hist)
   return UnconditionalCoherence(
@@ -517,24 +546,25 @@ class CoherenceEvaluator:
       num_unconditional: int = 10_000,
       alpha: float = 1.0,
       all_subsets: bool = False,
+      mesh: jax.sharding.Mesh | None = None,
   ):
     self.model, self.classify, self.clf_params = model, classify, clf_params
     self.data, self.key, self.batch_size = data, key, batch_size
     self.num_unconditional, self.alpha = num_unconditional, alpha
-    self.all_subsets = all_subsets
+    self.all_subsets, self.mesh = all_subsets, mesh
 
   def run(self, params: Params) -> dict[str, float]:
     kc, ku, ks = (jax.random.fold_in(self.key, i) for i in range(3))
     args = (self.model, params, self.classify, self.clf_params)
     out = conditional_coherence(
         kc, *args, self.data, batch_size=self.batch_size,
-        alpha=self.alpha).metrics()
+        alpha=self.alpha, mesh=self.mesh).metrics()
     if self.num_unconditional:
       out['coherence/uncond'] = unconditional_coherence(
           ku, *args, num_samples=self.num_unconditional,
-          batch_size=self.batch_size, alpha=self.alpha).value
+          batch_size=self.batch_size, alpha=self.alpha, mesh=self.mesh).value
     if self.all_subsets:
       out.update(subset_coherence(
           ks, *args, self.data, batch_size=self.batch_size,
-          alpha=self.alpha).metrics())
+          alpha=self.alpha, mesh=self.mesh).metrics())
     return out

@@ -41,7 +41,8 @@ def fd_clf_metrics(ctx: api.EvalContext, *, alpha: float = 1.0) -> dict:
   """`fd_clf/...` metrics at test-time p(w) scale `alpha`.
 
   Config (`config.evals`): `fd_clf_num_examples`, `fd_clf_num_unconditional`,
-  `fid_batch_size`, `fid_drop_last_partial_batch`, `fid_stats_dir`. Returns
+  `fid_batch_size`, `fid_microbatch`, `fid_drop_last_partial_batch`,
+  `fid_stats_dir`. Returns
   `{'skipped': {'fd_clf': reason}}` without classifiers. Real statistics are
   cached, so calling this for several alphas (the alpha sweep) computes them
   once.
@@ -53,6 +54,7 @@ def fd_clf_metrics(ctx: api.EvalContext, *, alpha: float = 1.0) -> dict:
       ctx, feature_net(ctx), num_real=ec.fd_clf_num_examples,
       num_unconditional=ec.fd_clf_num_unconditional, conditional=True,
       alpha=alpha, batch_size=ec.fid_batch_size,
+      microbatch=ec.fid_microbatch,
       drop_last_partial_batch=ec.fid_drop_last_partial_batch,
       cache_dir=frechet.stats_dir(ctx.config))
 

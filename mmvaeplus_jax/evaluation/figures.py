@@ -687,7 +687,8 @@ def figures_evaluator(ctx: api.EvalContext) -> dict:
 
 def alpha_sweep(key, model, params, data: Mapping[str, np.ndarray], alphas,
                 *, classify, clf_params, fd_fn: Callable | None = None,
-                batch_size: int = 256) -> dict[str, list]:
+                batch_size: int = 256,
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, list]:
   """Conditional coherence (and FD) for each test-time alpha (Fig. 19).
 
   Every alpha uses the same key, hence the same standardised noise: w =
@@ -702,6 +703,7 @@ def alpha_sweep(key, model, params, data: Mapping[str, np.ndarray], alphas,
     classify, clf_params: the coherence classifiers (coherence contract).
     fd_fn: optional `alpha -> {metric: float}` (e.g. FD_clf).
     batch_size: examples per device call (does not change the numbers).
+    mesh: shard the coherence batches over it (`coherence`).
 
   Returns:
     `{'alpha': [A], metric: [A] values}` with `coherence/cond/mean`,
@@ -711,7 +713,7 @@ def alpha_sweep(key, model, params, data: Mapping[str, np.ndarray], alphas,
   for a in alphas:
     res = coherence.conditional_coherence(
         key, model, params, classify, clf_params, data,
-        batch_size=batch_size, alpha=float(a))
+        batch_size=batch_size, alpha=float(a), mesh=mesh)
     vals = {f'coherence/cond/{n}': float(v)
             for n, v in zip(model.names, res.per_target)}
     vals['coherence/cond/mean'] = res.mean
@@ -773,7 +775,7 @@ def alpha_sweep_evaluator(ctx: api.EvalContext) -> dict:
       jax.random.fold_in(ctx.key, 0), ctx.model, ctx.params, ctx.data,
       alphas, classify=classifiers.classify, clf_params=clf_params,
       fd_fn=lambda a: fd_clf.fd_clf_metrics(ctx, alpha=a),
-      batch_size=int(ec.get('batch_size', 256)))
+      batch_size=int(ec.get('batch_size', 256)), mesh=ctx.mesh)
   metrics: dict = {}
   for k in ('coherence/cond/mean', fd_key):
     for a, v in zip(alphas, sweep.get(k, ())):

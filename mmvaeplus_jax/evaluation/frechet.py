@@ -145,14 +145,11 @@ def _cond_decode(enc_params, dec_params, key, e, d, x_source, index, *,
   return decoder.apply({'params': dec_params}, jnp.concatenate([w, z], -1))
 
 
-@functools.partial(jax.jit, static_argnames=('apply',))
 def _real_features(fparams, index, batch, *, apply):
   del index
   return apply(fparams, fid.uint8_to_unit(batch['x']))
 
 
-@functools.partial(
-    jax.jit, static_argnames=('model', 'decoder', 'apply'))
 def _uncond_features(dec_params, fparams, key, d, alpha, index, batch, *,
                      model, decoder, apply):
   del batch
@@ -161,8 +158,6 @@ def _uncond_features(dec_params, fparams, key, d, alpha, index, batch, *,
   return apply(fparams, fid.quantise_like_png(x.astype(jnp.float32)))
 
 
-@functools.partial(
-    jax.jit, static_argnames=('model', 'encoder', 'decoder', 'apply'))
 def _cond_features(enc_params, dec_params, fparams, key, e, d, alpha, index,
                    batch, *, model, encoder, decoder, apply):
   x = _cond_decode(enc_params, dec_params, key, e, d,
@@ -188,6 +183,7 @@ def frechet_metrics(
     conditional: bool = True,
     alpha: float = 1.0,
     batch_size: int = 128,
+    microbatch: int = 16,
     drop_last_partial_batch: bool = False,
     cache_dir: str | None = None,
     distance: Callable[..., float] = fid.frechet_distance,
@@ -202,7 +198,11 @@ def frechet_metrics(
     num_unconditional: N_u prior samples per modality (-1: N).
     conditional: also the M x M conditional distances.
     alpha: scale of p(w) for the generated images.
-    batch_size: images per device call (rounded up to the device count).
+    batch_size: images per call over all devices (rounded up, see
+      `api.map_batches`).
+    microbatch: images per chunk of each device's loop; with the data and
+      key, the only shape the numbers depend on (`api.map_batches`: the
+      distances are bit-identical for any device count and `batch_size`).
     drop_last_partial_batch: keep whole batches of 128 only (official).
     cache_dir: real-statistics cache folder (None: no cache).
     distance: `(mu1, sigma1, mu2, sigma2) -> float`.
@@ -223,13 +223,14 @@ def frechet_metrics(
       (k_u, k_c, jnp.float32(alpha)), repl)
   idx = {n: jax.device_put(jnp.int32(i), repl) for i, n in enumerate(names)}
   mods = dict(zip(names, model.modalities))
-  run = functools.partial(api.map_batches, mesh=mesh, batch_size=batch_size)
+  run = functools.partial(api.map_batches, mesh=mesh, batch_size=batch_size,
+                          microbatch=microbatch)
   dc = ctx.config.data
   out: dict = {f'{p}/num_real': n, f'{p}/num_unconditional': n_u}
 
   def real_features(images, d):
-    return run(functools.partial(_real_features, apply=net.apply),
-               num=len(images), inputs={'x': images}, args=(net.params[d],))
+    return run(_real_features, num=len(images), inputs={'x': images},
+               args=(net.params[d],), static={'apply': net.apply})
 
   real = {}
   for d in names:
@@ -247,10 +248,11 @@ def frechet_metrics(
 
   unc = []
   for d in names:
-    feats = run(functools.partial(
-        _uncond_features, model=model, decoder=mods[d].decoder,
-        apply=net.apply), num=n_u,
-        args=(ctx.params['decoders'][d], net.params[d], k_u, idx[d], alpha))
+    feats = run(
+        _uncond_features, num=n_u,
+        args=(ctx.params['decoders'][d], net.params[d], k_u, idx[d], alpha),
+        static={'model': model, 'decoder': mods[d].decoder,
+                'apply': net.apply})
     out[f'{p}/uncond/{d}'] = fd(feats, d)
     unc.append(out[f'{p}/uncond/{d}'])
   out[f'{p}/uncond/mean'] = float(np.mean(unc))
@@ -260,12 +262,12 @@ def frechet_metrics(
     matrix = np.zeros((m, m))
     for e, src in enumerate(names):
       for d, tgt in enumerate(names):
-        feats = run(functools.partial(
-            _cond_features, model=model, encoder=mods[src].encoder,
-            decoder=mods[tgt].decoder, apply=net.apply),
-            num=n, inputs={'x': ctx.data[src][:n]},
+        feats = run(
+            _cond_features, num=n, inputs={'x': ctx.data[src][:n]},
             args=(ctx.params['encoders'][src], ctx.params['decoders'][tgt],
-                  net.params[tgt], k_c, idx[src], idx[tgt], alpha))
+                  net.params[tgt], k_c, idx[src], idx[tgt], alpha),
+            static={'model': model, 'encoder': mods[src].encoder,
+                    'decoder': mods[tgt].decoder, 'apply': net.apply})
         matrix[e, d] = fd(feats, tgt)
         out[f'{p}/cond/{src}->{tgt}'] = float(matrix[e, d])
     for tag, include in (('with_self', True), ('cross_only', False)):
@@ -305,7 +307,8 @@ def fid_metrics(ctx: api.EvalContext) -> dict:
 
   Config (`config.evals`): `inception_weights` (default
   `fid.default_weights_path()`), `fid_num_examples`, `fid_num_unconditional`,
-  `fid_conditional`, `fid_batch_size`, `fid_drop_last_partial_batch`,
+  `fid_conditional`, `fid_batch_size`, `fid_microbatch`,
+  `fid_drop_last_partial_batch`,
   `fid_stats_dir`, `alpha`. Without the weights file: skipped, with the
   loader's message (which names the download address).
   """
@@ -325,7 +328,7 @@ def fid_metrics(ctx: api.EvalContext) -> dict:
       ctx, net, num_real=ec.fid_num_examples,
       num_unconditional=ec.fid_num_unconditional,
       conditional=ec.fid_conditional, alpha=ec.alpha,
-      batch_size=ec.fid_batch_size,
+      batch_size=ec.fid_batch_size, microbatch=ec.fid_microbatch,
       drop_last_partial_batch=ec.fid_drop_last_partial_batch,
       cache_dir=stats_dir(ctx.config))
 

@@ -134,7 +134,7 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
   evaluator = coherence.CoherenceEvaluator(
       ctx.model, classifiers.classify, clf_params, ctx.data, key=key,
       batch_size=ec.batch_size, num_unconditional=ec.num_unconditional,
-      alpha=ec.alpha, all_subsets=ec.all_subsets)
+      alpha=ec.alpha, all_subsets=ec.all_subsets, mesh=ctx.mesh)
   out = evaluator.run(ctx.params)
   for name in ctx.model.names:
     acc = meta.get('test_accuracy', {}).get(name)
@@ -216,36 +216,14 @@ class LazySource:
 
 
 def _train_source(data_cfg):
-  def load():
-    from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
-    manual_dir = data_cfg.manual_dir or None
-    if data_cfg.in_memory:
-      return pipeline.ArraySource(builders.load_split(
-          data_cfg.config, data_cfg.train_split, data_cfg.data_dir,
-          manual_dir=manual_dir))
-    builder = builders.prepare(data_cfg.config, data_cfg.data_dir,
-                               manual_dir=manual_dir)
-    return pipeline.DataSource(
-        builder.as_data_source(split=data_cfg.train_split))
-  return LazySource(load)
+  """The train split, opened on first use (most evaluators never read it)."""
+  return LazySource(lambda: loop.split_source(data_cfg, data_cfg.train_split))
 
 
 def _eval_source(data_cfg):
   """The test split (prepares the dataset if needed), as `loop` reads it."""
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
-  manual_dir = data_cfg.manual_dir or None
-  if jax.process_index() == 0:
-    builders.prepare(data_cfg.config, data_cfg.data_dir, manual_dir=manual_dir)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('mmvaeplus_jax:eval_data_prepared')
-  if data_cfg.in_memory:
-    return pipeline.ArraySource(builders.load_split(
-        data_cfg.config, data_cfg.eval_split, data_cfg.data_dir,
-        manual_dir=manual_dir))
-  builder = builders.prepare(data_cfg.config, data_cfg.data_dir,
-                             manual_dir=manual_dir)
-  return pipeline.DataSource(builder.as_data_source(split=data_cfg.eval_split))
+  loop.prepare_data(data_cfg)
+  return loop.split_source(data_cfg, data_cfg.eval_split)
 
 
 # -------------------------------------------------------------------- runner

@@ -47,27 +47,36 @@ class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps."""
 
 
-def load_sources(data):
-  """(train, eval) `pipeline.Source`s for `config.data`."""
+def prepare_data(data) -> None:
+  """Builds `config.data`'s dataset if needed: process 0 builds, the others
+  wait for it."""
   if data.name != 'polymnist':
     raise ValueError(f'unknown data.name {data.name!r}; known: polymnist')
   from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
-  manual_dir = data.manual_dir or None
-  # Process 0 prepares (builds) the dataset once; the others wait, then read.
   if jax.process_index() == 0:
-    builders.prepare(data.config, data.data_dir, manual_dir=manual_dir)
+    builders.prepare(data.config, data.data_dir,
+                     manual_dir=data.manual_dir or None)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('mmvaeplus_jax:data_prepared')
-  out = []
-  for split in (data.train_split, data.eval_split):
-    if data.in_memory:
-      out.append(pipeline.ArraySource(builders.load_split(
-          data.config, split, data.data_dir, manual_dir=manual_dir)))
-    else:
-      builder = builders.prepare(data.config, data.data_dir,
-                                 manual_dir=manual_dir)
-      out.append(pipeline.DataSource(builder.as_data_source(split=split)))
-  return tuple(out)
+
+
+def split_source(data, split: str) -> pipeline.Source:
+  """One split of the (prepared) dataset as a `pipeline.Source`: in memory
+  (`data.in_memory`) or read on demand from the TFDS data source."""
+  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  manual_dir = data.manual_dir or None
+  if data.in_memory:
+    return pipeline.ArraySource(builders.load_split(
+        data.config, split, data.data_dir, manual_dir=manual_dir))
+  builder = builders.prepare(data.config, data.data_dir, manual_dir=manual_dir)
+  return pipeline.DataSource(builder.as_data_source(split=split))
+
+
+def load_sources(data):
+  """(train, eval) `pipeline.Source`s for `config.data`."""
+  prepare_data(data)
+  return split_source(data, data.train_split), split_source(
+      data, data.eval_split)
 
 
 def total_steps(train_cfg, num_examples: int) -> int:
