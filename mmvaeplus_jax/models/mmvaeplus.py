@@ -111,7 +111,7 @@ class MMVAEPlus:
       M * K * B latents of all M decoders alive. Same values and gradients
       (up to float reassociation); costs an extra decoder forward pass and
       a sequential loop over K (width 1/8, B = 8, DReG on XLA:CPU: memory
-      87-89 MiB at K = 10 and 20 instead of 579 and 1,086 MiB, steps 2.1-2.4x
+      87-89 MiB at K = 10 and 20 instead of 579 and 1,086 MiB, steps 2.3-2.9x
       longer; bench/RESULTS.md, table 3). The loop matters: on XLA:CPU a
       bare `jax.checkpoint` around each decoder left the compiled step's
       temporary memory unchanged (three decoders: 381 MB with and without),
