@@ -26,7 +26,10 @@
 #      because XLA:CPU ran it 17x slower; this measures it on the GPU)
 #   6. dreg_k10_b128+remat (memory vs time; XLA:CPU's memory analysis puts
 #      the plain step at 67 GB, near an H100's 80)
-#   7. the scaling plot and markdown tables
+#   7. eval throughput (bench/eval_throughput.py: images/s of the Inception
+#      feature pass, random weights unless the official file is there, and of
+#      coherence with the full-width model); printed to gpu_log.txt
+#   8. the scaling plot and markdown tables
 #
 # Packages. The machine's image has JAX (0.11.2 seen), flax, optax, chex,
 # absl, numpy and matplotlib, but not ml_collections, which the configs need.
@@ -122,6 +125,7 @@ if [ "${BENCH_SMOKE:-0}" = "1" ]; then
   VMAP=(--cases=smoke --steps=3 --warmup=1 --vmap_modalities)
   REMAT=(--sweep=K --sweep_values=2 --sweep_width=0.0625 --sweep_batch=8 --steps=3 --warmup=1 --remat)
   EPOCH=(--width=0.0625 --batch_size=16 --num_examples=64)
+  EVAL=(--inception_batch=2 --inception_batches=1 --config=smoke --coherence_batch=8 --coherence_batches=1)
 else
   TABLE=(--cases=official2024,dreg_k10_b16,dreg_k10_b128 --steps=20 --warmup=2 $PEAK_F32)
   BF16=(--cases=official2024,dreg_k10_b128 --steps=20 --warmup=2 --compute_dtype=bfloat16 $PEAK_BF16)
@@ -129,6 +133,7 @@ else
   VMAP=(--cases=official2024 --steps=20 --warmup=2 --vmap_modalities $PEAK_F32)
   REMAT=(--cases=dreg_k10_b128 --steps=10 --warmup=2 --remat $PEAK_F32)
   EPOCH=()
+  EVAL=(--inception_batch=250 --inception_batches=4 --config=official2024 --coherence_batch=256 --coherence_batches=5)
 fi
 
 stage() {  # stage NAME MIN_SECONDS_LEFT command...
@@ -141,20 +146,22 @@ stage() {  # stage NAME MIN_SECONDS_LEFT command...
   "$@" || say "$name exited with status $?"
 }
 
-stage "1/7 step table (float32)" 60 \
+stage "1/8 step table (float32)" 60 \
   "$PY" bench/step.py "${PROBE[@]}" "${TABLE[@]}" --out "$STEP_JSONL" --deadline "$DEADLINE" --compilation_cache "$CACHE" --note gpu.sh
-stage "2/7 one epoch, 2024 recipe" 60 \
+stage "2/8 one epoch, 2024 recipe" 60 \
   timeout "$(( $(left) > 0 ? $(left) : 1 ))" "$PY" bench/epoch.py ${EPOCH[@]+"${EPOCH[@]}"} --out "$EPOCH_JSONL" --compilation_cache "$CACHE" --note gpu.sh
-stage "3/7 K sweep" 60 \
+stage "3/8 K sweep" 60 \
   "$PY" bench/step.py "${PROBE[@]}" "${SWEEP[@]}" --out "$STEP_JSONL" --deadline "$DEADLINE" --compilation_cache "$CACHE" --note gpu.sh
-stage "4/7 step table (bf16)" 60 \
+stage "4/8 step table (bf16)" 60 \
   "$PY" bench/step.py "${PROBE[@]}" "${BF16[@]}" --out "$STEP_JSONL" --deadline "$DEADLINE" --compilation_cache "$CACHE" --note gpu.sh
-stage "5/7 vmap_modalities" 45 \
+stage "5/8 vmap_modalities" 45 \
   "$PY" bench/step.py "${PROBE[@]}" "${VMAP[@]}" --out "$STEP_JSONL" --deadline "$DEADLINE" --compilation_cache "$CACHE" --note gpu.sh
-stage "6/7 remat" 45 \
+stage "6/8 remat" 45 \
   "$PY" bench/step.py "${PROBE[@]}" "${REMAT[@]}" --out "$STEP_JSONL" --deadline "$DEADLINE" --compilation_cache "$CACHE" --note gpu.sh
+stage "7/8 eval throughput (Inception, coherence)" 60 \
+  timeout "$(( $(left) > 0 ? $(left) : 1 ))" "$PY" bench/eval_throughput.py "${EVAL[@]}"
 if [ -s "$STEP_JSONL" ]; then
-  say "7/7 plot and markdown tables"
+  say "8/8 plot and markdown tables"
   "$PY" bench/plot.py "$STEP_JSONL" --out "$DEST/gpu_scaling.png" || say "plot failed"
   "$PY" bench/plot.py "$STEP_JSONL" $( [ -s "$EPOCH_JSONL" ] && echo "$EPOCH_JSONL" ) \
     --markdown > "$DEST/gpu_tables.md" && cat "$DEST/gpu_tables.md"
