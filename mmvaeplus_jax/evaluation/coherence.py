@@ -61,6 +61,7 @@ import numpy as np
 
 from mmvaeplus_jax import distributions
 from mmvaeplus_jax import parallel
+from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import mmvaeplus
 
 Array = jax.Array
@@ -293,11 +294,9 @@ def _batches(
 
 def _batch_size(batch_size: int, n: int, mesh) -> int:
   """`min(batch_size, n)`, rounded up to a multiple of the mesh's devices."""
-  b = max(1, min(int(batch_size), n))
   if mesh is None:
-    return b
-  unit = mesh.devices.size
-  return -(-b // unit) * unit
+    return max(1, min(int(batch_size), n))
+  return api.global_batch_size(mesh, batch_size, n)
 
 
 def _place(mesh, tree):
