@@ -419,8 +419,9 @@ ALL = 'bound,coherence,fid,fd_clf,latent_classification,likelihood,figures'
 @pytest.mark.slow
 def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   """A smoke checkpoint evaluated by eval.py on 1 device (subprocess) and by
-  the runner on 8 devices, twice: every metric family, FID skipped with the
-  download address, identical on the re-run, equal on 1 vs 8 devices.
+  the runner on 8 devices, twice, and on a 1-device mesh: every metric
+  family, FID skipped with the download address, identical on the re-run
+  and on 1 vs 8 devices.
 
   (The checkpoint is a train state of the smoke model with random weights,
   saved as training saves it: compiling init and a train step would double
@@ -494,11 +495,17 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   again = runner.evaluate(config, str(workdir))
   files = eight.pop('figures/files', None)
   assert again == eight  # the same evaluation twice: identical
-  # 1 vs 8 devices: identical, except the Fréchet distances: their
-  # decode -> features chunks (map_batches(microbatch=...)) still differ by
-  # ~5e-10 relative between 1 and 8 devices, also when both runs are
-  # subprocesses (without the chunks: ~1e-8). Cause not found; a classifier
-  # alone is bit-identical (test_map_batches_microbatch_bit_identical_...).
+  # A mesh of 1 device vs 8 devices in this process: every number identical,
+  # the Fréchet distances included.
+  single = runner.evaluate(config, str(workdir), devices=jax.devices()[:1])
+  assert single == eight
+  # The 1-device eval.py process vs this 8-device process: identical except
+  # the Fréchet distances (~5e-10 relative). Not the mesh (above): XLA:CPU
+  # sizes its Eigen thread pool as max(#cores, #devices), and Eigen's
+  # convolutions (those XLA does not hand to YNNPACK, e.g. 10 output
+  # channels) block their sums by the pool size: the same HLO gives other
+  # last bits with 8 threads than with 2 (measured 2026-11-27, 2-core CPU:
+  # pools of 1-7, 9 and 16 threads agree, 8 and 12 differ).
   _assert_same(one, eight, rtol=1e-8, close=('fd_clf/', 'fid/'))
 
   skipped = one['skipped']

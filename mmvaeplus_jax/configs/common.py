@@ -99,8 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
       fid_conditional=True,  # the M x M conditional FIDs (M^2 sets)
       fid_batch_size=128,  # images per call over all devices
       # Images per chunk of each device's loop: the numbers depend on it
-      # (and on data and seed), not on the device count or fid_batch_size
-      # (up to ~5e-10 relative in the distances). Larger on GPUs.
+      # (and on data and seed), not on the mesh's device count or
+      # fid_batch_size (README "Evaluation": another XLA:CPU thread-pool
+      # size changes the distances by ~5e-10 relative). Larger on GPUs.
       fid_microbatch=16,
       fid_drop_last_partial_batch=True,  # official: 9,984 of 10,000 images
       # FD_clf: the same protocol in the coherence classifiers' features.

@@ -180,9 +180,10 @@ def map_batches(fn: Callable[..., Any], mesh: jax.sharding.Mesh, num: int, *,
   it in a loop (`lax.map`) over its share of the batch in chunks of `c`
   (`shard_map`; `static` holds hashable non-array arguments such as the
   model). Each device's share is padded to at least two chunks. Then conv
-  features came out bit-identical for any device count and batch size
-  (`tests/eval_test.py`; a decoder-then-features chain in one chunk
-  still differed by ~5e-10 relative between 1 and 8 devices): XLA:CPU's
+  features came out bit-identical for any device count of the mesh and any
+  batch size (`tests/eval_test.py`; between processes, XLA:CPU's Eigen
+  convolutions still depend on the size of its thread pool, max(#cores,
+  #devices), README "Evaluation"): XLA:CPU's
   convolutions and matmuls round differently for different batch shapes
   (1 vs 8 fake devices: features differed by up to 1.5e-7), and a loop of a
   single trip is inlined and compiled differently from a loop body (a fixed

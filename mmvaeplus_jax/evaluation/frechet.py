@@ -202,8 +202,9 @@ def frechet_metrics(
       `api.map_batches`).
     microbatch: images per chunk of each device's loop; with the data and
       key, the only shape the numbers depend on (`api.map_batches`: the
-      features do not depend on the device count or `batch_size`, up to
-      ~5e-10 relative in the distances).
+      features do not depend on the mesh's device count or `batch_size`;
+      a process with another XLA:CPU thread-pool size differs by ~5e-10
+      relative in the distances, README "Evaluation").
     drop_last_partial_batch: keep whole batches of 128 only (official).
     cache_dir: real-statistics cache folder (None: no cache).
     distance: `(mu1, sigma1, mu2, sigma2) -> float`.

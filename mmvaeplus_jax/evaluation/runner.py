@@ -258,8 +258,16 @@ def _model(model_json: str):
   return models.get_model(ml_collections.ConfigDict(json.loads(model_json)))
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict:
+def evaluate(config, workdir: str, step: int | None = None, *,
+             devices=None) -> dict:
   """Evaluates checkpoint `step` (default: the latest) of `workdir`.
+
+  Args:
+    config: the run's config (`config.evals` names the evaluators).
+    workdir: the training run's folder.
+    step: the checkpoint step (None: the latest).
+    devices: the devices of the evaluation mesh (default: all, every host's).
+      The numbers do not depend on this choice (`api.map_batches`).
 
   Returns:
     The metrics written to `workdir/eval/<step>/metrics.json`.
@@ -279,7 +287,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
                                                       len(eval_src))
   data = eval_src.read(np.arange(n))  # {name: uint8 [n, ...], 'label': [n]}
 
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(devices)
   repl = parallel.replicated(mesh)
   example = pipeline.to_model_inputs(
       {k: data[k][:1] for k in model.names})
