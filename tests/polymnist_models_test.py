@@ -89,3 +89,30 @@ def test_full_width_value_and_grad_is_finite():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   # Every trainable parameter receives a gradient (aux priors included).
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_modality_subset_reads_the_named_fields():
+  """`model.modalities='m1,m3'`: the model's modalities are m1 and m3, its
+  parameters are keyed by them, and the bound reads those batch fields (a
+  batch with only m1/m3 works; the bound changes when m3's images do)."""
+  from mmvaeplus_jax import models
+  from mmvaeplus_jax.configs import polymnist as configs
+  config = configs.get_config('smoke')
+  config.model.update(num_modalities=2, modalities='m1,m3')
+  model = models.get_model(config.model)
+  assert model.names == ('m1', 'm3')
+  rng = np.random.default_rng(0)
+  batch = {n: jnp.asarray(rng.uniform(size=(2, 28, 28, 3)), jnp.float32)
+           for n in ('m1', 'm3')}
+  params = model.init(jax.random.key(0), batch)
+  assert set(params['encoders']) == {'m1', 'm3'}
+  key = jax.random.key(1)
+  lw = lambda b: estimators.sample_objective(key, model, params, b,
+                                            num_samples=2)
+  other = dict(batch, m3=batch['m3'][::-1])
+  assert not np.allclose(lw(batch), lw(other))
+  for bad, match in (('m1', 'num_modalities=1'), ('m1,m7', 'distinct names'),
+                     ('m2,m2', 'distinct names')):
+    config.model.modalities = bad
+    with pytest.raises(ValueError, match=match):
+      models.get_model(config.model)

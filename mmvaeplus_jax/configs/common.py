@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name='polymnist_mmvaeplus',
       num_modalities=5,
+      # Which PolyMNIST modalities, e.g. 'm1,m3' ('' = m0..m{M-1}); their
+      # number must equal num_modalities.
+      modalities='',
       dim_w=32,
       dim_z=32,
       width=1.0,  # channel multiplier (1.0 = the official networks)

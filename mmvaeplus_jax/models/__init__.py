@@ -10,7 +10,8 @@ def get_model(config):
   from mmvaeplus_jax.models import polymnist  # pylint: disable=g-import-not-at-top
   if config.name == 'polymnist_mmvaeplus':
     return polymnist.make_mmvaeplus(
-        num_modalities=config.num_modalities, dim_w=config.dim_w,
+        num_modalities=config.num_modalities,
+        names=config.get('modalities', ''), dim_w=config.dim_w,
         dim_z=config.dim_z, width=config.width, family=config.family,
         likelihood_scale=config.likelihood_scale,
         compute_dtype=config.get('compute_dtype', 'float32'),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -224,9 +225,33 @@ def image_log_likelihood(x, loc, scale=LIKELIHOOD_SCALE):
   return distributions.laplace_image_log_likelihood(x, loc, scale)
 
 
+def modality_names(num_modalities: int,
+                   names: Sequence[str] | str | None = None) -> tuple[str, ...]:
+  """The modalities' names: `names` (a sequence or 'm1,m3'), checked against
+  `num_modalities` and PolyMNIST's fields, or 'm0'..'m{M-1}' when empty."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(',') if n.strip()]
+  if not names:
+    return tuple(f'm{i}' for i in range(num_modalities))
+  names = tuple(names)
+  if len(names) != num_modalities:
+    raise ValueError(
+        f'model.modalities names {len(names)} modalities {list(names)} but'
+        f' model.num_modalities is {num_modalities}: set'
+        f' --config.model.num_modalities={len(names)}')
+  known = tuple(f'm{i}' for i in range(5))
+  bad = [n for n in names if n not in known]
+  if bad or len(set(names)) != len(names):
+    raise ValueError(
+        f'model.modalities must be distinct names among {list(known)},'
+        f' got {list(names)}')
+  return names
+
+
 def make_mmvaeplus(
     *,
     num_modalities: int = 5,
+    names: Sequence[str] | None = None,
     dim_w: int = 32,
     dim_z: int = 32,
     width: float = 1.0,
@@ -239,6 +264,9 @@ def make_mmvaeplus(
   """The official PolyMNIST MMVAE+ (modalities 'm0'..'m{M-1}').
 
   Args:
+    num_modalities: M.
+    names: the M modalities' names, i.e. the dataset fields they read
+      (default 'm0'..'m{M-1}'; e.g. ('m1', 'm3') trains on those two).
     compute_dtype: 'float32' or 'bfloat16': dtype of the networks' Conv /
       Dense compute (parameters, likelihoods and the bound stay float32).
     remat: recompute each encoder / decoder application in the backward
@@ -249,16 +277,17 @@ def make_mmvaeplus(
     raise ValueError(
         f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
   dtype = jnp.dtype(compute_dtype)
+  names = modality_names(num_modalities, names)
   ll = functools.partial(image_log_likelihood, scale=likelihood_scale)
   mods = tuple(
       mmvaeplus.Modality(
-          name=f'm{i}',
+          name=name,
           encoder=Encoder(dim_w, dim_z, width, dtype),
           decoder=Decoder(width, dtype),
           log_likelihood=ll,
           event_shape=EVENT_SHAPE,
       )
-      for i in range(num_modalities)
+      for name in names
   )
   return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
                              remat=remat, vmap_modalities=vmap_modalities)
