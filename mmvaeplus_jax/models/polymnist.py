@@ -225,6 +225,9 @@ def image_log_likelihood(x, loc, scale=LIKELIHOOD_SCALE):
   return distributions.laplace_image_log_likelihood(x, loc, scale)
 
 
+POLYMNIST_MODALITIES = ('m0', 'm1', 'm2', 'm3', 'm4')  # the dataset's fields
+
+
 def modality_names(num_modalities: int,
                    names: Sequence[str] | str | None = None) -> tuple[str, ...]:
   """The modalities' names: `names` (a sequence or 'm1,m3'), checked against
@@ -239,7 +242,7 @@ def modality_names(num_modalities: int,
         f'model.modalities names {len(names)} modalities {list(names)} but'
         f' model.num_modalities is {num_modalities}: set'
         f' --config.model.num_modalities={len(names)}')
-  known = tuple(f'm{i}' for i in range(5))
+  known = POLYMNIST_MODALITIES
   bad = [n for n in names if n not in known]
   if bad or len(set(names)) != len(names):
     raise ValueError(
@@ -251,7 +254,7 @@ def modality_names(num_modalities: int,
 def make_mmvaeplus(
     *,
     num_modalities: int = 5,
-    names: Sequence[str] | None = None,
+    names: Sequence[str] | str | None = None,
     dim_w: int = 32,
     dim_z: int = 32,
     width: float = 1.0,
@@ -261,7 +264,7 @@ def make_mmvaeplus(
     remat: bool = False,
     vmap_modalities: bool = False,
 ) -> mmvaeplus.MMVAEPlus:
-  """The official PolyMNIST MMVAE+ (modalities 'm0'..'m{M-1}').
+  """The official PolyMNIST MMVAE+ (modalities `names`, default 'm0'..).
 
   Args:
     num_modalities: M.
