@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from mmvaeplus_jax import distributions
+from mmvaeplus_jax.input import polymnist_data
 from mmvaeplus_jax.models import mmvaeplus
 
 EVENT_SHAPE = (28, 28, 3)
@@ -225,9 +226,6 @@ def image_log_likelihood(x, loc, scale=LIKELIHOOD_SCALE):
   return distributions.laplace_image_log_likelihood(x, loc, scale)
 
 
-POLYMNIST_MODALITIES = ('m0', 'm1', 'm2', 'm3', 'm4')  # the dataset's fields
-
-
 def modality_names(num_modalities: int,
                    names: Sequence[str] | str | None = None) -> tuple[str, ...]:
   """The modalities' names: `names` (a sequence or 'm1,m3'), checked against
@@ -242,7 +240,7 @@ def modality_names(num_modalities: int,
         f'model.modalities names {len(names)} modalities {list(names)} but'
         f' model.num_modalities is {num_modalities}: set'
         f' --config.model.num_modalities={len(names)}')
-  known = POLYMNIST_MODALITIES
+  known = polymnist_data.MODALITIES  # the dataset's fields
   bad = [n for n in names if n not in known]
   if bad or len(set(names)) != len(names):
     raise ValueError(
