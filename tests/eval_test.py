@@ -503,7 +503,7 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   # the Fréchet distances (~5e-10 relative). Not the mesh (above): XLA:CPU
   # sizes its Eigen thread pool as max(#cores, #devices), and Eigen's
   # convolutions (those XLA does not hand to YNNPACK, e.g. 10 output
-  # channels) block their sums by the pool size: the same HLO gives other
+  # channels) depend on the pool size: the same HLO gives other
   # last bits with 8 threads than with 2 (measured 2026-11-27, 2-core CPU:
   # pools of 1-7, 9 and 16 threads agree, 8 and 12 differ).
   _assert_same(one, eight, rtol=1e-8, close=('fd_clf/', 'fid/'))
