@@ -62,6 +62,15 @@ CASES = {
         recipe='official2024', width=1.0, batch_size=128,
         help='the 2024 official run script: full width, M=5, K=1, B=128, '
              'IWAE gradient, beta 2.5'),
+    'k1_b16': dict(
+        recipe='official2024', width=1.0, batch_size=16,
+        help='2024 recipe (K=1, IWAE gradient) at full width, B=16'),
+    'k1_b64': dict(
+        recipe='official2024', width=1.0, batch_size=64,
+        help='2024 recipe (K=1, IWAE gradient) at full width, B=64'),
+    'dreg_k10_b4': dict(
+        recipe='paper_dreg', width=1.0, batch_size=4, num_samples=10,
+        help='paper App. D recipe, full width, M=5, K=10, B=4, unbiased DReG'),
     'dreg_k10_b16': dict(
         recipe='paper_dreg', width=1.0, batch_size=16, num_samples=10,
         help='paper App. D recipe, full width, M=5, K=10, B=16, unbiased DReG '
@@ -98,6 +107,7 @@ class Case:
   compute_dtype: str = 'float32'
   remat: bool = False
   vmap_modalities: bool = False
+  conv_wgrad_chunk: int = -1  # -1 automatic per platform, 0 XLA's own
   num_devices: int | None = None  # None: all devices
   fake_devices: int | None = None  # CPU: XLA_FLAGS device count
   sweep: str | None = None
@@ -143,6 +153,13 @@ def parse_args(argv=None):
                  help='model.remat=True (decoders rematerialised per sample)')
   p.add_argument('--vmap_modalities', action='store_true',
                  help='model.vmap_modalities=True (equal networks vmapped)')
+  p.add_argument('--conv_wgrad_chunk', type=int, default=-1,
+                 help='model.conv_wgrad_chunk: -1 automatic (8 rows on CPU),'
+                      ' 0 XLA\'s own weight gradient (suffix +xla_wgrad),'
+                      ' n rows (suffix +wgrad<n>)')
+  p.add_argument('--profile', action='store_true',
+                 help='after timing, trace one step and print/store the '
+                      'per-op time by category (bench/op_profile.py)')
   p.add_argument('--steps', type=int, default=20, help='timed steps (>= 1)')
   p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
   p.add_argument('--compile_only', action='store_true',
@@ -242,6 +259,11 @@ def build_cases(args, plat, num_devices):
     c.compute_dtype = args.compute_dtype
     c.remat = args.remat
     c.vmap_modalities = args.vmap_modalities
+    c.conv_wgrad_chunk = args.conv_wgrad_chunk
+    if c.conv_wgrad_chunk == 0:
+      c.name += '+xla_wgrad'
+    elif c.conv_wgrad_chunk > 0:
+      c.name += f'+wgrad{c.conv_wgrad_chunk}'
     for flag, suffix in ((c.compute_dtype == 'bfloat16', '+bf16'),
                          (c.remat, '+remat'), (c.vmap_modalities, '+vmap')):
       if flag:
@@ -273,6 +295,8 @@ def run_case(case, args):
          '--warmup', str(args.warmup), '--seed', str(args.seed)]
   if args.compile_only:
     cmd.append('--compile_only')
+  if args.profile:
+    cmd.append('--profile')
   if args.compilation_cache:
     cmd += ['--compilation_cache', args.compilation_cache]
   if args.peak_tflops:
@@ -482,7 +506,8 @@ def _measure(args, case, row):
   config = polymnist.get_config(case.recipe)
   config.model.update(width=case.width, num_modalities=case.num_modalities,
                       compute_dtype=case.compute_dtype, remat=case.remat,
-                      vmap_modalities=case.vmap_modalities)
+                      vmap_modalities=case.vmap_modalities,
+                      conv_wgrad_chunk=case.conv_wgrad_chunk)
   if case.num_samples is not None:
     config.objective.num_samples = case.num_samples
   if case.estimator is not None:
@@ -596,6 +621,24 @@ def _measure(args, case, row):
       if args.peak_tflops:
         row['frac_peak'] = row['tflops_per_s'] / (
             args.peak_tflops * len(devices))
+    if args.profile:
+      import op_profile  # pylint: disable=g-import-not-at-top
+      rows = {b, b * config.objective.num_samples * case.num_modalities,
+              b * case.num_modalities}
+      holder = [state]
+
+      def one_step():  # the state is donated: thread it through
+        holder[0], metrics = train_fn(holder[0], batches[0], train_key)
+        return metrics
+
+      by_cat, top = op_profile.profile_step(
+          one_step, (),
+          compiled.as_text(), {r // len(devices) for r in rows} | rows)
+      row['profile'] = {k: {'ms': v[0], 'ops': v[1]} for k, v in by_cat.items()}
+      row['profile_top'] = [dict(ms=t[0], op=t[1], category=t[2], desc=t[3])
+                            for t in top[:20]]
+      _log(f'{case.name}: per-op profile of one step\n'
+           + op_profile.format_profile(by_cat, top))
     stats = [d.memory_stats() for d in devices]
     if all(stats) and all('peak_bytes_in_use' in s for s in stats):
       row['peak_bytes'] = max(int(s['peak_bytes_in_use']) for s in stats)

@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
       compute_dtype='float32',
       remat=False,  # decoders per K-slice, rematerialised: memory flat in K
       vmap_modalities=False,  # equal networks as one vmapped (grouped) call
+      # Rows per slice of the convolutions' weight gradient (models/conv.py):
+      # -1 = automatic (on CPU, where XLA's own is superlinear in the batch,
+      # sized per layer shape; XLA's own on GPU/TPU), 0 = XLA's own, n > 0 =
+      # n rows.
+      conv_wgrad_chunk=-1,
   ))
   c.objective = ml_collections.ConfigDict(dict(
       num_samples=1,  # K

@@ -16,6 +16,7 @@ def get_model(config):
         likelihood_scale=config.likelihood_scale,
         compute_dtype=config.get('compute_dtype', 'float32'),
         remat=config.get('remat', False),
-        vmap_modalities=config.get('vmap_modalities', False))
+        vmap_modalities=config.get('vmap_modalities', False),
+        conv_wgrad_chunk=config.get('conv_wgrad_chunk', -1))
   raise ValueError(
       f'unknown model.name {config.name!r}; known: {MODEL_NAMES}')

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from mmvaeplus_jax import distributions
 from mmvaeplus_jax.input import polymnist_data
+from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import mmvaeplus
 
 EVENT_SHAPE = (28, 28, 3)
@@ -101,10 +102,11 @@ def _layer(float32_cls, mixed_cls, dtype, **kw):
 
 
 def _conv(features, kernel, fan_in_channels, use_bias=True, name=None,
-          dtype=jnp.float32):
+          dtype=jnp.float32, wgrad_chunk=0):
   fan_in = fan_in_channels * kernel * kernel
   return _layer(
       nn.Conv, _MixedConv, dtype,
+      conv_general_dilated=conv_lib.make_conv_general_dilated(wgrad_chunk),
       features=features,
       kernel_size=(kernel, kernel),
       padding=((kernel // 2, kernel // 2),) * 2,
@@ -135,11 +137,13 @@ class ResnetBlock(nn.Module):
   fin: int
   fout: int
   dtype: Any = jnp.float32  # compute dtype; params are float32
+  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
 
   @nn.compact
   def __call__(self, x):  # [N, H, W, fin] -> [N, H, W, fout]
     fh = min(self.fin, self.fout)
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype,
+                             wgrad_chunk=self.wgrad_chunk)
     dx = conv(fh, 3, self.fin, name='conv_0')(lrelu(x))
     dx = conv(self.fout, 3, fh, name='conv_1')(lrelu(dx))
     if self.fin != self.fout:
@@ -164,12 +168,15 @@ class EncoderBranch(nn.Module):
   latent_dim: int
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
+  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
 
   @nn.compact
   def __call__(self, x):  # [N, 28, 28, 3]
     c1, c2, c3 = (max(1, round(c * self.width)) for c in (64, 128, 256))
-    block = functools.partial(ResnetBlock, dtype=self.dtype)
-    h = _conv(c1, 3, x.shape[-1], name='conv_in', dtype=self.dtype)(x)
+    block = functools.partial(ResnetBlock, dtype=self.dtype,
+                              wgrad_chunk=self.wgrad_chunk)
+    h = _conv(c1, 3, x.shape[-1], name='conv_in', dtype=self.dtype,
+              wgrad_chunk=self.wgrad_chunk)(x)
     h = block(c1, c1, name='block_0')(h)
     h = _avg_pool(h)
     h = block(c1, c2, name='block_1')(h)
@@ -189,13 +196,14 @@ class Encoder(nn.Module):
   dim_z: int = 32
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
+  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
 
   @nn.compact
   def __call__(self, x):  # [N, 28, 28, 3]
     loc_w, raw_w = EncoderBranch(self.dim_w, self.width, self.dtype,
-                                 name='w')(x)
+                                 self.wgrad_chunk, name='w')(x)
     loc_z, raw_z = EncoderBranch(self.dim_z, self.width, self.dtype,
-                                 name='z')(x)
+                                 self.wgrad_chunk, name='z')(x)
     return loc_w, raw_w, loc_z, raw_z
 
 
@@ -204,11 +212,13 @@ class Decoder(nn.Module):
 
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
+  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
 
   @nn.compact
   def __call__(self, u):
     c1, c2, c3 = (max(1, round(c * self.width)) for c in (64, 128, 256))
-    block = functools.partial(ResnetBlock, dtype=self.dtype)
+    block = functools.partial(ResnetBlock, dtype=self.dtype,
+                              wgrad_chunk=self.wgrad_chunk)
     h = _dense(c3 * 7 * 7, u.shape[-1], name='fc', dtype=self.dtype)(u)
     h = h.reshape((u.shape[0], c3, 7, 7)).transpose((0, 2, 3, 1))  # C,H,W
     h = block(c3, c2, name='block_0')(h)
@@ -216,7 +226,8 @@ class Decoder(nn.Module):
     h = block(c2, c1, name='block_1')(h)
     h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
     h = block(c1, c1, name='block_2')(h)
-    out = _conv(EVENT_SHAPE[-1], 3, c1, name='conv_out', dtype=self.dtype)(
+    out = _conv(EVENT_SHAPE[-1], 3, c1, name='conv_out', dtype=self.dtype,
+                wgrad_chunk=self.wgrad_chunk)(
         lrelu(h))
     return out.astype(jnp.float32)  # the likelihood runs in float32
 
@@ -261,6 +272,7 @@ def make_mmvaeplus(
     compute_dtype: str = 'float32',
     remat: bool = False,
     vmap_modalities: bool = False,
+    conv_wgrad_chunk: int = -1,
 ) -> mmvaeplus.MMVAEPlus:
   """The official PolyMNIST MMVAE+ (modalities `names`, default 'm0'..).
 
@@ -273,18 +285,23 @@ def make_mmvaeplus(
     remat: recompute each encoder / decoder application in the backward
       pass instead of storing its activations (`MMVAEPlus.remat`).
     vmap_modalities: see `MMVAEPlus.vmap_modalities`.
+    conv_wgrad_chunk: rows per slice of the convolutions' weight gradient
+      (`models/conv.py`): -1 = automatic (on CPU sized per layer shape,
+      on GPU/TPU XLA's own), 0 = XLA's own, n > 0 = slices of n rows. Same
+      values; gradients equal up to float32 reassociation.
   """
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
   dtype = jnp.dtype(compute_dtype)
   names = modality_names(num_modalities, names)
+  chunk = conv_lib.resolve_wgrad_chunk(conv_wgrad_chunk)
   ll = functools.partial(image_log_likelihood, scale=likelihood_scale)
   mods = tuple(
       mmvaeplus.Modality(
           name=name,
-          encoder=Encoder(dim_w, dim_z, width, dtype),
-          decoder=Decoder(width, dtype),
+          encoder=Encoder(dim_w, dim_z, width, dtype, chunk),
+          decoder=Decoder(width, dtype, chunk),
           log_likelihood=ll,
           event_shape=EVENT_SHAPE,
       )

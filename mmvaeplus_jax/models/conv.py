@@ -1,0 +1,164 @@
+"""Convolutions with a batch-sliced weight gradient (XLA:CPU speed).
+
+On XLA:CPU (JAX 0.10), the weight gradient of a 3x3 convolution is lowered
+to a YNNPACK convolution whose "kernel" is the output gradient's whole
+spatial extent, and its cost grows faster than the batch: on the 2-core
+CPU of `bench/RESULTS.md`, the weight gradient of the decoders' 64 -> 64
+convolution at 28 x 28 ran at 6 GFLOP/s for 80 rows and 3 GFLOP/s for 640,
+while the forward pass and the input gradient ran at 58-80 GFLOP/s
+(2026-12-03). Summing the same weight gradient over static slices of a few
+rows keeps each slice in the fast regime, so the cost becomes linear in
+the batch.
+
+`make_conv_general_dilated(wgrad_chunk)` returns a drop-in replacement for
+`lax.conv_general_dilated` (Flax's `nn.Conv(conv_general_dilated=...)`)
+with a `jax.custom_vjp`:
+
+* value: `lax.conv_general_dilated` itself (the same program);
+* input gradient: the transpose XLA derives for the convolution (the same
+  program as without the switch);
+* weight gradient: sum over static batch slices of about `wgrad_chunk`
+  rows (strided: slice s holds rows s, s + S, ...) of the per-slice weight
+  gradient, an unrolled Python loop (not `lax.scan`: XLA:CPU ran the same
+  weight gradients inside `lax.scan` / `fori_loop` at 1-4 GFLOP/s).
+
+Values and input gradients are bit-identical to the plain convolution; the
+weight gradient differs only by the order of a sum (float32 reassociation:
+relative error below ~n_slices * 2^-24 of the summed magnitudes; tested in
+`tests/conv_test.py`). `wgrad_chunk = 0` (or a batch no larger than it)
+returns the plain `lax.conv_general_dilated` call.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# The automatic slice size on XLA:CPU: about `CPU_WGRAD_PIXELS` output pixels
+# per slice (1 row at 28 x 28, 4 at 14 x 14, 16 at 7 x 7), at most
+# `CPU_WGRAD_MAX_ROWS` rows, and `CPU_WGRAD_THIN_ROWS` rows when a side of
+# the kernel has at most 4 channels (the image convolutions 3 -> c and
+# c -> 3, which ran 15-40x slower in one-row slices). Measured per layer
+# shape on the 2-core CPU of bench/RESULTS.md, 2026-12-03 ("Where the time
+# goes").
+# At most `CPU_WGRAD_MAX_SLICES` slices per layer: each slice is one more
+# operation to compile (about 15 ms of compile time each on this CPU; the
+# full-width B = 128 step with one-row slices did not finish compiling in
+# 16 minutes), so large batches get larger slices.
+CPU_WGRAD_PIXELS = 784
+CPU_WGRAD_MAX_ROWS = 16
+CPU_WGRAD_THIN_ROWS = 8
+CPU_WGRAD_MAX_SLICES = 32
+# Weight gradients under this many FLOPs are left to XLA (small layers: the
+# reduced-width demo and test models; compile time over speed there).
+CPU_WGRAD_MIN_FLOPS = 2e8
+AUTO = -1  # config value: automatic per platform and layer shape
+
+
+def cpu_wgrad_rows(rows: int, spatial: int, in_channels: int,
+                   out_channels: int, kernel_size: int = 9) -> int:
+  """Rows per weight-gradient slice on XLA:CPU for `rows` inputs, an output
+  of `spatial` pixels per row and a kernel of `kernel_size` taps,
+  `in_channels` -> `out_channels` (`rows` or more: no slicing)."""
+  flops = 2 * rows * spatial * kernel_size * in_channels * out_channels
+  if flops < CPU_WGRAD_MIN_FLOPS:
+    return rows
+  if min(in_channels, out_channels) <= 4:
+    size = CPU_WGRAD_THIN_ROWS
+  else:
+    size = max(1, min(CPU_WGRAD_MAX_ROWS, CPU_WGRAD_PIXELS // max(spatial, 1)))
+  return max(size, -(-rows // CPU_WGRAD_MAX_SLICES))
+
+
+def resolve_wgrad_chunk(value: int, platform: str | None = None) -> int:
+  """Config value -> what the networks get: `AUTO` (-1) stays automatic on
+  CPU (per layer shape, `cpu_wgrad_rows`) and becomes 0 (XLA's own weight
+  gradient) on GPU and TPU; 0 = off; n > 0 = slices of n rows."""
+  if not isinstance(value, int) or value < AUTO:
+    raise ValueError(
+        f'model.conv_wgrad_chunk must be -1 (automatic), 0 (off) or a'
+        f' positive number of rows, got {value!r}')
+  if value == AUTO:
+    platform = platform or jax.default_backend()
+    return AUTO if platform == 'cpu' else 0
+  return value
+
+
+@functools.lru_cache(maxsize=None)
+def make_conv_general_dilated(wgrad_chunk: int):
+  """`lax.conv_general_dilated` whose weight gradient is computed over static
+  batch slices of `wgrad_chunk` rows (`AUTO`: `cpu_wgrad_rows` of the
+  layer's shape; 0: the plain convolution). Any layout, strides, padding,
+  dilation."""
+  if not wgrad_chunk:
+    return lax.conv_general_dilated
+
+  def conv_general_dilated(lhs, rhs, window_strides, padding,
+                           lhs_dilation=None, rhs_dilation=None,
+                           dimension_numbers=None, feature_group_count=1,
+                           batch_group_count=1, precision=None,
+                           preferred_element_type=None):
+    conv = functools.partial(
+        lax.conv_general_dilated, window_strides=window_strides,
+        padding=padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    batch_axis = dn.lhs_spec[0]
+    rows = wgrad_chunk
+    if rows == AUTO:
+      out = jax.eval_shape(conv, lhs, rhs).shape
+      spatial = 1
+      for axis in dn.out_spec[2:]:
+        spatial *= out[axis]
+      taps = 1
+      for axis in dn.rhs_spec[2:]:
+        taps *= rhs.shape[axis]
+      rows = cpu_wgrad_rows(lhs.shape[batch_axis], spatial,
+                            rhs.shape[dn.rhs_spec[1]] * feature_group_count,
+                            rhs.shape[dn.rhs_spec[0]], taps)
+    if lhs.shape[batch_axis] <= rows or batch_group_count != 1:
+      return conv(lhs, rhs)
+    return _sliced_wgrad(conv, batch_axis, rows, lhs, rhs)
+
+  return conv_general_dilated
+
+
+def _sliced_wgrad(conv, batch_axis, chunk, lhs, rhs):
+  """`conv(lhs, rhs)` with the custom weight gradient (see module doc)."""
+
+  @jax.custom_vjp
+  def f(x, w):
+    return conv(x, w)
+
+  def fwd(x, w):
+    return conv(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    # Input gradient: XLA's transpose of the convolution, unchanged.
+    dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+    # Weight gradient: a sum over static batch slices (unrolled). Slice s
+    # holds rows s, s + S, s + 2S, ... (S slices), so that when the batch is
+    # sharded over devices in contiguous blocks every slice keeps rows on
+    # every device (contiguous slices would each live on one device).
+    n = x.shape[batch_axis]
+    num_slices = -(-n // chunk)
+    # Accumulated in float32 (a bf16 kernel's slices would otherwise be
+    # rounded to bf16 at every partial sum).
+    dw = None
+    for start in range(num_slices):
+      xs = lax.slice_in_dim(x, start, n, stride=num_slices, axis=batch_axis)
+      gs = lax.slice_in_dim(g, start, n, stride=num_slices, axis=batch_axis)
+      d = jax.vjp(lambda w, xs=xs: conv(xs, w), w)[1](gs)[0]
+      d = d.astype(jnp.promote_types(d.dtype, jnp.float32))
+      dw = d if dw is None else dw + d
+    return dx, dw.astype(w.dtype)
+
+  f.defvjp(fwd, bwd)
+  return f(lhs, rhs)
