@@ -342,8 +342,9 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
 
   Classifiers: `evals.classifier_dir` if set, else one `ClfImg` per modality
   trained here on the whole train split for
-  `train.final_coherence_clf_epochs` epochs (seed `config.seed`) and saved
-  to `workdir/classifiers` (process 0), so that `eval.py` can reuse them.
+  `train.final_coherence_clf_epochs` epochs (seed `config.seed`; every
+  process trains the same ones) and saved to `workdir/classifiers`, so that
+  `eval.py` can reuse them.
   The coherence is `coherence.conditional_coherence` on the first
   `train.final_coherence_examples` test examples (-1: all): keys
   `coherence/cond/<source>-><target>` (the diagonal is the
@@ -366,14 +367,20 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
     clf_params, accs = classifiers.train_and_evaluate(
         train, test, names, seed=config.seed,
         epochs=int(tc.final_coherence_clf_epochs), log=logging.info)
-    if jax.process_index() == 0:
-      classifiers.save_classifiers(
-          os.path.join(workdir, 'classifiers'), clf_params,
-          metadata={'test_accuracy': accs, 'trained_by': 'final_coherence',
-                    'epochs': int(tc.final_coherence_clf_epochs),
-                    'num_test': n_test})
+    # Every process trained the same classifiers (same data and key); all
+    # take part in orbax's save (host values: the primary host writes).
+    classifiers.save_classifiers(
+        os.path.join(workdir, 'classifiers'), jax.device_get(clf_params),
+        metadata={'test_accuracy': accs, 'trained_by': 'final_coherence',
+                  'epochs': int(tc.final_coherence_clf_epochs),
+                  'num_test': n_test})
+  clf_params = parallel.replicate(mesh, jax.device_get(clf_params))
+  # The key as a replicated global array (a multi-process mesh is not
+  # addressable by device_put).
+  key = jax.random.wrap_key_data(parallel.replicate(
+      mesh, np.asarray(jax.random.key_data(key))))
   result = coherence.conditional_coherence(
-      jax.device_put(key, parallel.replicated(mesh)), model, params,
+      key, model, params,
       classifiers.classify, clf_params, test,
       batch_size=config.evals.batch_size, mesh=mesh)
   out = result.metrics('coherence/cond')
