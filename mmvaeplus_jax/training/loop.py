@@ -344,8 +344,8 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
   trained here on the whole train split for
   `train.final_coherence_clf_epochs` epochs (seed `config.seed`; every
   process trains the same ones) and saved to `workdir/classifiers`, so that
-  `eval.py` can reuse them.
-  The coherence is `coherence.conditional_coherence` on the first
+  `eval.py` can reuse them. The coherence is
+  `coherence.conditional_coherence` on the first
   `train.final_coherence_examples` test examples (-1: all): keys
   `coherence/cond/<source>-><target>` (the diagonal is the
   self-reconstruction), per target and mean, plus the classifiers' test
@@ -380,8 +380,7 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
   key = jax.random.wrap_key_data(parallel.replicate(
       mesh, np.asarray(jax.random.key_data(key))))
   result = coherence.conditional_coherence(
-      key, model, params,
-      classifiers.classify, clf_params, test,
+      key, model, params, classifiers.classify, clf_params, test,
       batch_size=config.evals.batch_size, mesh=mesh)
   out = result.metrics('coherence/cond')
   for name in names:
