@@ -85,6 +85,15 @@ def base_config() -> ml_collections.ConfigDict:
       max_consecutive_nonfinite=20,
       eval_examples=1000,  # test examples for the eval bound
       grid_examples=8,  # columns of the sample grids
+      # At the end of the run: the cross-modal (conditional) coherence of
+      # evaluation.coherence, printed and written to metrics.json as
+      # 'coherence/cond/<src>-><tgt>'. Its digit classifiers are loaded
+      # from evals.classifier_dir if set, else trained here on the train
+      # split (ClfImg, seconds per modality on a CPU) and saved to
+      # <workdir>/classifiers for eval.py.
+      final_coherence=False,
+      final_coherence_examples=-1,  # test examples (-1: the whole split)
+      final_coherence_clf_epochs=5,  # epochs of the in-run classifiers
   ))
   c.evals = ml_collections.ConfigDict(dict(
       # eval.py's plug-ins (evaluation.api), comma-separated, run in order.
