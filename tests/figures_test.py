@@ -130,7 +130,12 @@ def test_cross_modal_latents():
   assert _is_normal(eps, 1.0)
   assert _is_normal(w, 0.7 * PRIOR_SCALE)
   assert not _is_normal(w, PRIOR_SCALE)  # the test can tell alpha apart
-  assert len(np.unique(w)) == w.size and len(np.unique(z)) == z.size // M
+  # Independent draws, not one reused stream: a reused key repeats whole
+  # blocks (>= 1/M of the values duplicated). Exact uniqueness is not
+  # required: among n float32 normal draws about n^2 / 2^26 pairs collide
+  # (~0.2 for w's 3,600), so that would depend on the key.
+  assert len(np.unique(w)) > 0.99 * w.size
+  assert len(np.unique(z)) > 0.99 * z.size // M
   # Decoding puts target d's latents through decoder d (echo: images = u),
   # in chunks, padding dropped.
   ut = np.swapaxes(u, 0, 1)
@@ -150,7 +155,9 @@ def test_unconditional_latents():
   assert np.all(u[:, :, DW:] == u[:1, :, DW:])  # one z shared by all
   assert _is_normal(u[0, :, DW:], PRIOR_SCALE)  # z ~ p(z), never scaled
   assert _is_normal(u[..., :DW], 2.0 * PRIOR_SCALE)  # w_d ~ p_alpha(w)
-  assert len(np.unique(u[..., :DW])) == M * 200 * DW  # w_d independent
+  # w_d independent (a reused key would duplicate whole blocks; a few
+  # float32 collisions are possible for any key, see above).
+  assert len(np.unique(u[..., :DW])) > 0.99 * M * 200 * DW
   u1 = np.asarray(unconditional_latents(KEY, model, 200, alpha=1.0))
   np.testing.assert_allclose(u[..., :DW], 2.0 * u1[..., :DW], rtol=1e-6)
   np.testing.assert_array_equal(u[..., DW:], u1[..., DW:])
