@@ -546,6 +546,22 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
               'likelihood/log_px')
   for k in families:
     assert k in one and np.isfinite(one[k]), k
+  # fd_clf values, not only finiteness: distances are >= 0, the means are
+  # the means of their parts, and with_self includes the diagonal.
+  names = ('m0', 'm1')
+  fd = {k: v for k, v in one.items() if k.startswith('fd_clf/')
+        and isinstance(v, float)}
+  assert all(v >= 0 for k, v in fd.items() if '/num_' not in k)
+  np.testing.assert_allclose(
+      one['fd_clf/uncond/mean'],
+      np.mean([one[f'fd_clf/uncond/{n}'] for n in names]), rtol=1e-12)
+  for t in names:
+    cross = [one[f'fd_clf/cond/{s}->{t}'] for s in names if s != t]
+    np.testing.assert_allclose(one[f'fd_clf/cond/{t}/cross_only'],
+                               np.mean(cross), rtol=1e-12)
+    np.testing.assert_allclose(
+        one[f'fd_clf/cond/{t}/with_self'],
+        np.mean(cross + [one[f'fd_clf/cond/{t}->{t}']]), rtol=1e-12)
   assert files and all((out / f).exists() for f in files)  # the figures ran
   assert 'figures' not in eight.get('skipped', {})
   assert list((workdir / 'eval').glob('events.out.tfevents.*'))

@@ -484,8 +484,9 @@ def test_alpha_sweep_on_constructed_model(tmp_path):
 
 
 def test_alpha_sweep_evaluator_writes_json_and_plot(tmp_path, monkeypatch):
-  # FD_clf itself (evaluation.fd_clf, ~30 s to compile here) is tested in
-  # its own module; here a stand-in with its signature and metric names.
+  # FD_clf itself (evaluation.fd_clf, ~30 s to compile here) runs end to end
+  # in eval_test.py (test_eval_py_on_1_and_8_devices_and_twice, slow); here
+  # a stand-in with its signature and metric names.
   assert 'alpha' in inspect.signature(fd_clf.fd_clf_metrics).parameters
   model, params = template_model()
   data = template_data(32, seed=1)
