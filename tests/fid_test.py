@@ -414,10 +414,11 @@ def test_fid_evaluator_path_matches_pytorch_fid(loaded, inputs_nhwc):
   variables, _, _ = loaded
   mesh = parallel.make_mesh()
   fparams = jax.device_put(variables, parallel.replicated(mesh))
+  apply = frechet._inception_apply  # pylint: disable=protected-access
   feats = api.map_batches(
       _evaluator_body, mesh, len(inputs_nhwc), batch_size=8,
       inputs={'x': inputs_nhwc.astype(np.float32)}, args=(fparams,),
-      microbatch=1, static={'apply': frechet._inception_apply})  # pylint: disable=protected-access
+      microbatch=1, static={'apply': apply})
   ref64 = np.load(FIXTURE_DIR / 'features_float64.npy')
   assert feats.shape == (8, 2048) and feats.dtype == np.float32
   assert float(np.max(np.abs(feats - ref64))) <= F32_MAX_ABS
