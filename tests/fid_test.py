@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 from scipy import linalg
 
+from mmvaeplus_jax import parallel
+from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
+from mmvaeplus_jax.evaluation import frechet
 from mmvaeplus_jax.evaluation import inception
 
 FIXTURE_DIR = (
@@ -393,6 +396,33 @@ def test_float32_features_match_pytorch_fid(loaded, f32_run, inputs_nhwc):
   first5 = dropped(inputs_nhwc)
   assert first5.shape == (5, 2048)
   np.testing.assert_array_equal(first5, feats[:5])
+
+
+def _evaluator_body(fparams, index, batch, *, apply):
+  """The `fid` evaluator's per-chunk body (`frechet._real_features`) minus
+  the uint8 -> [0, 1] step: the fixture's inputs are float images."""
+  del index
+  return apply(fparams, batch['x'])
+
+
+@needs_fixture
+def test_fid_evaluator_path_matches_pytorch_fid(loaded, inputs_nhwc):
+  """The features as the `fid` evaluator computes them: its apply function
+  (`frechet._inception_apply`), through `api.map_batches` with microbatches
+  on the 8-device mesh, with the fixture's weights: the same parity bounds
+  as the plain pass."""
+  variables, _, _ = loaded
+  mesh = parallel.make_mesh()
+  fparams = jax.device_put(variables, parallel.replicated(mesh))
+  apply = frechet._inception_apply  # pylint: disable=protected-access
+  feats = api.map_batches(
+      _evaluator_body, mesh, len(inputs_nhwc), batch_size=8,
+      inputs={'x': inputs_nhwc.astype(np.float32)}, args=(fparams,),
+      microbatch=1, static={'apply': apply})
+  ref64 = np.load(FIXTURE_DIR / 'features_float64.npy')
+  assert feats.shape == (8, 2048) and feats.dtype == np.float32
+  assert float(np.max(np.abs(feats - ref64))) <= F32_MAX_ABS
+  assert _rel_l2(feats, ref64) <= F32_REL_L2
 
 
 @needs_fixture

@@ -108,8 +108,9 @@ def echo_model(tiny_scales=False):
 
 
 def _is_normal(x, scale):
-  """Kolmogorov-Smirnov: x ~ N(0, scale^2) (fixed keys: deterministic)."""
-  return stats.kstest(np.ravel(x), 'norm', args=(0, scale)).pvalue > 1e-3
+  """Kolmogorov-Smirnov: x ~ N(0, scale^2); p > 1e-6, so a correct sampler
+  fails for about one key in a million."""
+  return stats.kstest(np.ravel(x), 'norm', args=(0, scale)).pvalue > 1e-6
 
 
 PRIOR_SCALE = np.log(2.0)  # Normal family: softplus(0)
@@ -130,7 +131,12 @@ def test_cross_modal_latents():
   assert _is_normal(eps, 1.0)
   assert _is_normal(w, 0.7 * PRIOR_SCALE)
   assert not _is_normal(w, PRIOR_SCALE)  # the test can tell alpha apart
-  assert len(np.unique(w)) == w.size and len(np.unique(z)) == z.size // M
+  # Independent draws, not one reused stream: a reused key repeats whole
+  # blocks (>= 1/M of the values duplicated). Exact uniqueness is not
+  # required: among n float32 normal draws about n^2 / 2^26 pairs collide
+  # (~0.2 for w's 3,600), so that would depend on the key.
+  assert len(np.unique(w)) > 0.99 * w.size
+  assert len(np.unique(z)) > 0.99 * z.size // M
   # Decoding puts target d's latents through decoder d (echo: images = u),
   # in chunks, padding dropped.
   ut = np.swapaxes(u, 0, 1)
@@ -150,7 +156,9 @@ def test_unconditional_latents():
   assert np.all(u[:, :, DW:] == u[:1, :, DW:])  # one z shared by all
   assert _is_normal(u[0, :, DW:], PRIOR_SCALE)  # z ~ p(z), never scaled
   assert _is_normal(u[..., :DW], 2.0 * PRIOR_SCALE)  # w_d ~ p_alpha(w)
-  assert len(np.unique(u[..., :DW])) == M * 200 * DW  # w_d independent
+  # w_d independent (a reused key would duplicate whole blocks; a few
+  # float32 collisions are possible for any key, see above).
+  assert len(np.unique(u[..., :DW])) > 0.99 * M * 200 * DW
   u1 = np.asarray(unconditional_latents(KEY, model, 200, alpha=1.0))
   np.testing.assert_allclose(u[..., :DW], 2.0 * u1[..., :DW], rtol=1e-6)
   np.testing.assert_array_equal(u[..., DW:], u1[..., DW:])
@@ -477,8 +485,9 @@ def test_alpha_sweep_on_constructed_model(tmp_path):
 
 
 def test_alpha_sweep_evaluator_writes_json_and_plot(tmp_path, monkeypatch):
-  # FD_clf itself (evaluation.fd_clf, ~30 s to compile here) is tested in
-  # its own module; here a stand-in with its signature and metric names.
+  # FD_clf itself (evaluation.fd_clf, ~30 s to compile here) runs end to end
+  # in eval_test.py (test_eval_py_on_1_and_8_devices_and_twice, slow); here
+  # a stand-in with its signature and metric names.
   assert 'alpha' in inspect.signature(fd_clf.fd_clf_metrics).parameters
   model, params = template_model()
   data = template_data(32, seed=1)

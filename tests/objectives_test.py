@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+import numerics
 import toy_models
 from mmvaeplus_jax import estimators, objectives
 from mmvaeplus_jax.models import mmvaeplus, polymnist
@@ -91,10 +92,15 @@ def test_vmapped_modalities_equal_one_call_per_modality():
     f = lambda p: jnp.mean(estimators.objective(
         model, p, batch, noise, beta=2.5, estimator='dreg'))
     vals.append(jax.jit(jax.value_and_grad(f))(params))
-  np.testing.assert_allclose(vals[0][0], vals[1][0], rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-6),
-               vals[0][1], vals[1][1])
+  # Equal up to float32 reassociation. Bound: every value and gradient
+  # element here is a sum of at most M * K * B * (Dw + Dz + Dx) = 324 terms
+  # through a few dozen operations: <= ~1,000 u of the terms' scale. As a
+  # whole-tree relative L2 (the auxiliary-prior and bias leaves whose
+  # elements cancel carry little of the norm) we allow 1,000 u. A wrong
+  # grouping (a modality's parameters swapped or shared) moves it by O(1).
+  tol = 1000 * numerics.U32
+  np.testing.assert_allclose(vals[0][0], vals[1][0], rtol=tol)
+  numerics.assert_rel_l2(vals[0][1], vals[1][1], tol, 'vmapped vs looped')
 
 
 def test_moe_log_prob_matches_scipy_mixture():
@@ -214,7 +220,11 @@ def test_bound_below_exact_log_px_and_rises_with_k(num_modalities):
   if num_modalities == 1:
     np.testing.assert_allclose(limit, log_px, atol=1e-6)
   for mean, se in zip(means, ses):
-    assert mean <= log_px + 3 * se  # a lower bound for every K
+    # Below its K -> infinity limit for every K (IWAE monotonicity holds for
+    # each stratum's proposal), and the limit is below log p(x): a bound
+    # that was too high would cross the limit at K = 100, where
+    # limit - mean < 0.05 (asserted below).
+    assert mean <= limit + 3 * se
   for lo, hi, se_lo, se_hi in zip(means, means[1:], ses, ses[1:]):
     assert hi - lo > 3 * np.hypot(se_lo, se_hi)  # strictly rises with K
   # Approaches its K -> infinity limit (log p(x) itself when M = 1).

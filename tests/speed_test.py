@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import numerics
 from mmvaeplus_jax import estimators
 from mmvaeplus_jax import models
 from mmvaeplus_jax import parallel
@@ -120,12 +121,17 @@ def test_remat_same_loss_and_gradients_less_memory(plain_float32):
   compiled = fn.lower(params).compile()
   bound, grad = compiled(params)
   b_ref, g_ref = plain_float32['out']
-  np.testing.assert_allclose(bound, b_ref, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(grad)):
-    # Tolerance: per-slice decoding reorders float32 sums; measured max
-    # |difference| / max |leaf| 3.1e-6 over 3 seeds of this setting.
-    np.testing.assert_allclose(b, a, rtol=1e-5,
-                               atol=3e-5 * float(np.abs(a).max()))
+  # Tolerances from the forward-error bound of a float32 sum, not from a
+  # measurement: per-slice decoding only reorders sums, and a sum of n terms
+  # in another order differs by at most (n - 1) u sum_i |t_i| (u = 2**-24).
+  # The bound is a sum of n = 3 * 28 * 28 = 2,352 same-sign pixel terms per
+  # modality: (n - 1) u = 1.4e-4 relative. The largest gradient reduction
+  # remat reorders is over one slice's B * H * W = 6,272 positions: 3.7e-4 of
+  # sum |t|; over the whole tree (relative L2, dominated by the large leaves,
+  # whose terms do not cancel) that is the bound we use. A slicing bug moves
+  # both by O(1).
+  np.testing.assert_allclose(bound, b_ref, rtol=2e-4)
+  numerics.assert_rel_l2(grad, g_ref, 5e-4, 'remat vs plain gradient')
   # The point of remat: the K = 4 slices' decodes no longer live at once.
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < 0.6 * plain_float32['temp'], (temp, plain_float32['temp'])
