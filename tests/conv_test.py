@@ -120,8 +120,8 @@ def test_cpu_rows_rule():
 
 @pytest.mark.parametrize('compute_dtype', ['float32', 'bfloat16'])
 def test_model_bound_and_gradient_match_xla_weight_gradient(compute_dtype):
-  """The whole MMVAE+ DReG objective with the switch on (automatic, and 2
-  rows) and off: same bound; gradients within float32 reassociation.
+  """The whole MMVAE+ DReG objective with the switch on (2-row slices) and
+  off: same bound; gradients within float32 reassociation.
 
   Bound: the same forward program; allowed 1e-6 relative (the value is
   computed by identical operations; XLA may still fuse the two programs
@@ -132,11 +132,13 @@ def test_model_bound_and_gradient_match_xla_weight_gradient(compute_dtype):
   terms cancel, and we allow 1e-4 for float32 (measured 2.4e-7 on this
   model, 2026-12-03) and bf16's own bound 1e-2 (tests/speed_test.py).
   """
-  kw = dict(num_modalities=2, dim_w=4, dim_z=4, width=0.125,
+  kw = dict(num_modalities=2, dim_w=4, dim_z=4, width=0.0625,
             compute_dtype=compute_dtype)
   rng = np.random.default_rng(0)
   out = {}
-  chunks = (0, 2) if compute_dtype == 'bfloat16' else (0, conv_lib.AUTO, 4)
+  # (At this width the automatic rule leaves every layer to XLA: under
+  # CPU_WGRAD_MIN_FLOPS. The per-layer test above covers AUTO.)
+  chunks = (0, 2)
   for chunk in chunks:
     model = polymnist.make_mmvaeplus(conv_wgrad_chunk=chunk, **kw)
     batch = {n: jnp.asarray(rng.integers(0, 256, (4, 28, 28, 3)) / 255.0,
