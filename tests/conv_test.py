@@ -44,20 +44,6 @@ CASES = [
 @pytest.mark.parametrize('chunk', [conv_lib.AUTO, 1, 4])
 @pytest.mark.parametrize('case', CASES)
 def test_sliced_wgrad_equals_plain_convolution(case, chunk):
-  _check_against_plain(case, chunk)
-
-
-def test_blocked_forward_and_input_gradient():
-  """AUTO runs layers of more than CPU_BLOCK_ROWS rows in interleaved
-  blocks: values and input gradients within the bound of their own sums,
-  rows in the right order (a misplaced row breaks the bound)."""
-  n = 2 * conv_lib.CPU_BLOCK_ROWS + 4
-  assert conv_lib.cpu_blocks(n) > 1
-  _check_against_plain((n, 7, 7, 16, 16, 3, 1, ((1, 1), (1, 1))),
-                       conv_lib.AUTO)
-
-
-def _check_against_plain(case, chunk):
   n, h, w, c, o, k, stride, padding = case
   kx, kw, kg = jax.random.split(jax.random.key(n * 7 + c), 3)
   x = jax.random.normal(kx, (n, h, w, c))
@@ -79,26 +65,16 @@ def _check_against_plain(case, chunk):
   g = jax.random.normal(kg, y0.shape)
   dx0, dw0 = vjp0(g)
   dx1, dw1 = vjp1(g)
-  # Value and input gradient: the plain convolution's operations on row
-  # blocks; each element a sum of k * k * C (resp. O) products, so within
-  # 2 gamma of the sum of their magnitudes (equal unless blocked).
-  y_ref = jax.jit(plain)(x, kernel)
+  # Value and input gradient: the same operations as the plain convolution.
+  np.testing.assert_array_equal(np.asarray(y1), np.asarray(jax.jit(plain)(
+      x, kernel)))
   dx_ref = jax.jit(lambda x, k, g: jax.vjp(plain, x, k)[1](g)[0])(
       x, kernel, g)
-  y_mag = plain(jnp.abs(x), jnp.abs(kernel))
-  dx_mag = jax.vjp(lambda x: plain(x, jnp.abs(kernel)), x)[1](jnp.abs(g))[0]
-  assert np.all(np.abs(np.asarray(y1 - y_ref))
-                <= 2 * _gamma(k * k * c) * np.asarray(y_mag))
-  assert np.all(np.abs(np.asarray(dx1 - dx_ref))
-                <= 2 * _gamma(k * k * o) * np.asarray(dx_mag))
-  if conv_lib.cpu_blocks(n) == 1 or chunk != conv_lib.AUTO:
-    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y_ref))
-    np.testing.assert_array_equal(np.asarray(dx1), np.asarray(dx_ref))
+  np.testing.assert_array_equal(np.asarray(dx1), np.asarray(dx_ref))
   # Weight gradient: a reordered sum, within gamma_n * sum |products|.
   _, vjp_abs = jax.vjp(plain, jnp.abs(x), kernel)
   magnitude = np.asarray(vjp_abs(jnp.abs(g))[1])
   terms = n * y0.shape[1] * y0.shape[2]
-  # (jnp.abs of x: dx_mag above used |kernel|; here |x| and |g|.)
   # Two roundings of the same sum (ours and XLA's), plus the per-slice
   # partial sums: 2 gamma_n bounds their difference.
   bound = 2 * _gamma(terms) * magnitude
@@ -116,11 +92,6 @@ def _check_against_plain(case, chunk):
   expected_slices = -(-n // rows)
   assert num_plain == 1
   assert num_sliced == expected_slices
-  num_fwd = _num_convs(sliced, x, kernel)  # (XLA may turn a tiny one into
-  if chunk == conv_lib.AUTO and conv_lib.cpu_blocks(n) > 1:  # a dot: <= 1)
-    assert num_fwd == conv_lib.cpu_blocks(n)
-  else:
-    assert num_fwd <= 1
 
 
 def test_resolve_wgrad_chunk():

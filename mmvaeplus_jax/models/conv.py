@@ -55,12 +55,6 @@ CPU_WGRAD_MAX_SLICES = 32
 # Weight gradients under this many FLOPs are left to XLA (small layers: the
 # reduced-width demo and test models; compile time over speed there).
 CPU_WGRAD_MIN_FLOPS = 2e8
-# The forward pass and input gradient of a layer with more rows run in
-# blocks of at most `CPU_BLOCK_ROWS` rows: XLA:CPU's (YNNPACK's) forward
-# convolutions also slowed per row past a few hundred rows (the decoders'
-# 28 x 28 convolutions: 64 ms for 80 rows, 600-1,100 ms for 640, quiet,
-# 2026-12-03).
-CPU_BLOCK_ROWS = 128
 AUTO = -1  # config value: automatic per platform and layer shape
 
 
@@ -128,58 +122,27 @@ def make_conv_general_dilated(wgrad_chunk: int):
       rows = cpu_wgrad_rows(lhs.shape[batch_axis], spatial,
                             rhs.shape[dn.rhs_spec[1]] * feature_group_count,
                             rhs.shape[dn.rhs_spec[0]], taps)
-    n = lhs.shape[batch_axis]
-    blocks = cpu_blocks(n) if wgrad_chunk == AUTO else 1
-    if batch_group_count != 1 or (n <= rows and blocks == 1):
+    if lhs.shape[batch_axis] <= rows or batch_group_count != 1:
       return conv(lhs, rhs)
-    return _sliced_wgrad(conv, batch_axis, rows, blocks, lhs, rhs)
+    return _sliced_wgrad(conv, batch_axis, rows, lhs, rhs)
 
   return conv_general_dilated
 
 
-def cpu_blocks(rows: int) -> int:
-  """Blocks the forward pass and input gradient of `rows` inputs run in on
-  XLA:CPU: the fewest that divide `rows` into blocks of at most
-  `CPU_BLOCK_ROWS` (1 if no divisor up to rows / 8 does)."""
-  if rows <= CPU_BLOCK_ROWS:
-    return 1
-  for blocks in range(-(-rows // CPU_BLOCK_ROWS), rows // 8 + 1):
-    if rows % blocks == 0:
-      return blocks
-  return 1
-
-
-def _interleaved(fn, x, axis, blocks):
-  """`fn` applied to `blocks` strided row blocks of `x` (rows b, b + S, ...),
-  outputs put back in row order."""
-  if blocks == 1:
-    return fn(x)
-  n = x.shape[axis]
-  outs = [fn(lax.slice_in_dim(x, b, n, stride=blocks, axis=axis))
-          for b in range(blocks)]
-  y = jnp.stack(outs, axis=axis + 1)  # [..., n / S, S, ...]
-  return y.reshape(y.shape[:axis] + (n,) + y.shape[axis + 2:])
-
-
-def _sliced_wgrad(conv, batch_axis, chunk, blocks, lhs, rhs):
+def _sliced_wgrad(conv, batch_axis, chunk, lhs, rhs):
   """`conv(lhs, rhs)` with the custom weight gradient (see module doc)."""
-
-  def blocked(x, w):
-    return _interleaved(lambda xb: conv(xb, w), x, batch_axis, blocks)
 
   @jax.custom_vjp
   def f(x, w):
-    return blocked(x, w)
+    return conv(x, w)
 
   def fwd(x, w):
-    return blocked(x, w), (x, w)
+    return conv(x, w), (x, w)
 
   def bwd(res, g):
     x, w = res
-    # Input gradient: XLA's transpose of the convolution (per block).
-    dx = jax.vjp(lambda x: blocked(x, w), x)[1](g)[0]
-    if x.shape[batch_axis] <= chunk:  # a small layer: XLA's weight gradient
-      return dx, jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
+    # Input gradient: XLA's transpose of the convolution, unchanged.
+    dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
     # Weight gradient: a sum over static batch slices (unrolled). Slice s
     # holds rows s, s + S, s + 2S, ... (S slices), so that when the batch is
     # sharded over devices in contiguous blocks every slice keeps rows on
