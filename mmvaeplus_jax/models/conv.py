@@ -6,9 +6,10 @@ spatial extent, and its cost grows faster than the batch: on the 2-core
 CPU of `bench/RESULTS.md`, the weight gradient of the decoders' 64 -> 64
 convolution at 28 x 28 ran at 6 GFLOP/s for 80 rows and 3 GFLOP/s for 640,
 while the forward pass and the input gradient ran at 58-80 GFLOP/s
-(2026-12-03). Summing the same weight gradient over static slices of a few
-rows keeps each slice in the fast regime, so the cost becomes linear in
-the batch.
+(2026-12-03, other jobs sharing the CPU: ratios, not rates). Summed over
+static slices of a few rows, the same weight gradient ran at 33-63 GFLOP/s
+(quiet), and its cost became linear in the batch (full-width step:
+K = 1, B = 128 171 s -> 38.7 s; bench/RESULTS.md).
 
 `make_conv_general_dilated(wgrad_chunk)` returns a drop-in replacement for
 `lax.conv_general_dilated` (Flax's `nn.Conv(conv_general_dilated=...)`)
@@ -24,8 +25,8 @@ with a `jax.custom_vjp`:
 
 Values and input gradients are bit-identical to the plain convolution; the
 weight gradient differs only by the order of a sum (float32 reassociation:
-relative error below ~n_slices * 2^-24 of the summed magnitudes; tested in
-`tests/conv_test.py`). `wgrad_chunk = 0` (or a batch no larger than it)
+within 2 gamma_n of the sum of the products' magnitudes, n products per
+element; tested in `tests/conv_test.py`). `wgrad_chunk = 0` (or a batch no larger than it)
 returns the plain `lax.conv_general_dilated` call.
 """
 
