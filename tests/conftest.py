@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data dir with the offline `mini` demo data (~5 s, once)."""
+  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  d = tmp_path_factory.mktemp('tfds')
+  builders.prepare('mini', d)
+  return str(d)
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _OWN_CACHE is not None:

@@ -19,6 +19,7 @@ from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import polymnist
 
 U = 2.0**-24
+VALUE_RTOL = 2 * (4 * 2352 * U) / (1 - 4 * 2352 * U)  # 2 gamma_n, n = 9,408
 
 
 def _gamma(n):
@@ -65,12 +66,18 @@ def test_sliced_wgrad_equals_plain_convolution(case, chunk):
   g = jax.random.normal(kg, y0.shape)
   dx0, dw0 = vjp0(g)
   dx1, dw1 = vjp1(g)
-  # Value and input gradient: the same operations as the plain convolution.
-  np.testing.assert_array_equal(np.asarray(y1), np.asarray(jax.jit(plain)(
-      x, kernel)))
+  # Value and input gradient: the plain convolution's operations (another
+  # compiled module may fuse them differently): each element a sum of
+  # k * k * C (resp. k * k * O) products, within 2 gamma of its magnitudes.
+  y_ref = jax.jit(plain)(x, kernel)
   dx_ref = jax.jit(lambda x, k, g: jax.vjp(plain, x, k)[1](g)[0])(
       x, kernel, g)
-  np.testing.assert_array_equal(np.asarray(dx1), np.asarray(dx_ref))
+  y_mag = plain(jnp.abs(x), jnp.abs(kernel))
+  dx_mag = jax.vjp(lambda x: plain(x, jnp.abs(kernel)), x)[1](jnp.abs(g))[0]
+  assert np.all(np.abs(np.asarray(y1 - y_ref))
+                <= 2 * _gamma(k * k * c) * np.asarray(y_mag))
+  assert np.all(np.abs(np.asarray(dx1 - dx_ref))
+                <= 2 * _gamma(k * k * o) * np.asarray(dx_mag))
   # Weight gradient: a reordered sum, within gamma_n * sum |products|.
   _, vjp_abs = jax.vjp(plain, jnp.abs(x), kernel)
   magnitude = np.asarray(vjp_abs(jnp.abs(g))[1])
@@ -123,10 +130,11 @@ def test_model_bound_and_gradient_match_xla_weight_gradient(compute_dtype):
   """The whole MMVAE+ DReG objective with the switch on (2-row slices) and
   off: same bound; gradients within float32 reassociation.
 
-  Bound: the same forward program; allowed 1e-6 relative (the value is
-  computed by identical operations; XLA may still fuse the two programs
-  differently). Gradient: each weight-gradient element is a reordered sum
-  of at most n = 8 * 28 * 28 = 6,272 products (M * K * B = 8 decoder
+  Bound: the same forward operations (XLA may still fuse the two programs
+  differently): the loss sums at most n = 2 * 2 * 2,352 = 9,408 per-pixel
+  terms per example, so within 2 gamma_n = 1.1e-3 of their magnitudes,
+  and the terms share a sign (log-densities). Gradient: each
+  weight-gradient element is a reordered sum of at most n = 8 * 28 * 28 = 6,272 products (M * K * B = 8 decoder
   rows here), so its change is at most 2 gamma_n (7.5e-4) of its sum of
   magnitudes; the whole-tree relative L2 change is far smaller unless the
   terms cancel, and we allow 1e-4 for float32 (measured 2.4e-7 on this
@@ -157,7 +165,7 @@ def test_model_bound_and_gradient_match_xla_weight_gradient(compute_dtype):
   tol = 1e-4 if compute_dtype == 'float32' else 1e-2
   for chunk in chunks[1:]:
     v, g = out[chunk]
-    np.testing.assert_allclose(float(v), float(v0), rtol=1e-6)
+    np.testing.assert_allclose(float(v), float(v0), rtol=VALUE_RTOL)
     flat = np.concatenate([np.ravel(t) for t in jax.tree.leaves(g)])
     rel = np.linalg.norm(flat - flat0) / np.linalg.norm(flat0)
     assert rel < tol, (chunk, rel)

@@ -11,19 +11,11 @@ from mmvaeplus_jax import models
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers
-from mmvaeplus_jax.input import builders
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.training import loop
 
 NAMES = ('m0', 'm1')
 NUM_TEST = 24
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('tfds')
-  builders.prepare('mini', d)  # offline demo data, ~5 s
-  return str(d)
 
 
 def _config(data_dir):

@@ -20,7 +20,6 @@ import numerics
 from mmvaeplus_jax import models, parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers, runner
-from mmvaeplus_jax.input import builders
 from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
 
@@ -30,13 +29,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.model.num_modalities=2', '--config.train.num_steps=6',
         '--config.train.checkpoint_every_steps=3',
         '--config.train.eval_every_steps=3']
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp('tfds')
-  builders.prepare('mini', d)  # offline demo data, ~5 s
-  return str(d)
 
 
 def _tiny_config(data_dir):
