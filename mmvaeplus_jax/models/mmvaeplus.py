@@ -37,41 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmvaeplus_jax import distributions
+from mmvaeplus_jax.models import base
 
 Array = jax.Array
 Params = Any
 Batch = Mapping[str, Array]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Modality:
-  """One modality: its networks, likelihood, event shape and scaling.
-
-  Attributes:
-    name: key of this modality in batches and params (e.g. 'm0').
-    encoder: Linen module, `x [B, *event] -> (loc_w, raw_w, loc_z, raw_z)`.
-    decoder: Linen module, `u [N, Dw + Dz] -> out [N, *event]`.
-    log_likelihood: `(x [B, *event], out [..., B, *event]) -> [..., B]`.
-    event_shape: shape of one example, e.g. (28, 28, 3).
-    likelihood_scale: lambda_d multiplying this modality's log-likelihood.
-  """
-
-  name: str
-  encoder: nn.Module
-  decoder: nn.Module
-  log_likelihood: Callable[[Array, Array], Array]
-  event_shape: tuple[int, ...]
-  likelihood_scale: float = 1.0
-
-
-@flax.struct.dataclass
-class Posteriors:
-  """Stacked unimodal posteriors q_phi_m(w | x_m) q_phi_m(z | x_m)."""
-
-  loc_w: Array  # [M, B, Dw]
-  scale_w: Array  # [M, B, Dw]
-  loc_z: Array  # [M, B, Dz]
-  scale_z: Array  # [M, B, Dz]
+Modality = base.Modality
+Posteriors = base.Posteriors
 
 
 @flax.struct.dataclass
@@ -88,8 +62,12 @@ class Noise:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MMVAEPlus:
+class MMVAEPlus(base.MultimodalVAE):
   """MMVAE+ with M modalities, private latents w_m and a shared latent z.
+
+  Implements the model interface of `models/base.py`. With `dim_w = 0` it is
+  MMVAE (Shi et al. 2019): one shared latent, the same stratified MoE bound
+  (the private terms vanish: no w samples, densities or auxiliary priors).
 
   Attributes:
     modalities: the M modalities, in stratum order.
@@ -120,72 +98,27 @@ class MMVAEPlus:
       rematerialised.
   """
 
-  modalities: tuple[Modality, ...]
-  dim_w: int
-  dim_z: int
-  family: distributions.Family = 'laplace'
-  eta: float = 1e-20
   vmap_modalities: bool = False
   remat: bool = False
 
-  def __post_init__(self):
-    if not self.modalities:
-      raise ValueError('modalities must hold at least one Modality, got ()')
-    names = [m.name for m in self.modalities]
-    if len(set(names)) != len(names):
-      raise ValueError(f'modality names must be unique, got {names}')
-    if self.family not in distributions.FAMILIES:
-      raise ValueError(
-          f'family must be one of {distributions.FAMILIES}, got'
-          f' {self.family!r}'
-      )
+  estimators = ('iwae', 'dreg', 'dreg_mmvae')
+  objective_options = ('cross_private',)
 
-  @property
-  def names(self) -> tuple[str, ...]:
-    return tuple(m.name for m in self.modalities)
+  def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
+                beta=1.0, estimator: str | None = None,
+                cross_private: str = 'aux'):
+    """`estimators.sample_objective` (the stratified MoE bound; its
+    estimators): `[B]` surrogate, value = the bound."""
+    from mmvaeplus_jax import estimators  # pylint: disable=g-import-not-at-top
+    return estimators.sample_objective(
+        key, self, params, batch, num_samples=num_samples, beta=beta,
+        estimator=self.check_estimator(estimator),
+        cross_private=cross_private)
 
-  @property
-  def num_modalities(self) -> int:
-    return len(self.modalities)
-
-  # ----------------------------------------------------------------- checks
-
-  def check_batch(self, batch: Batch) -> int:
-    """Validates a batch at trace time; returns the batch size B.
-
-    Raises:
-      ValueError: naming the offending modality and shape when the batch has
-        missing or unknown modalities, mismatched batch sizes or a wrong event
-        shape.
-    """
-    if not isinstance(batch, Mapping):
-      raise ValueError(
-          f'batch must be a mapping from modality name to array, got'
-          f' {type(batch).__name__}'
-      )
-    missing = [n for n in self.names if n not in batch]
-    extra = [n for n in batch if n not in self.names]
-    if missing or extra:
-      raise ValueError(
-          f'batch must hold exactly the model\'s {self.num_modalities}'
-          f' modalities {list(self.names)}; missing {missing}, unknown'
-          f' {extra} (got keys {list(batch)})'
-      )
-    sizes = {}
-    for m in self.modalities:
-      shape = tuple(np.shape(batch[m.name]))
-      if shape[1:] != tuple(m.event_shape):
-        raise ValueError(
-            f'batch[{m.name!r}] must have shape [B, {", ".join(map(str, m.event_shape))}],'
-            f' got {list(shape)}'
-        )
-      sizes[m.name] = shape[0]
-    if len(set(sizes.values())) != 1:
-      raise ValueError(
-          f'all modalities of a batch must have the same batch size B, got'
-          f' {sizes}'
-      )
-    return next(iter(sizes.values()))
+  def sample_shared(self, post: Posteriors, subsets, eps_choice, eps):
+    """q(z | x_S) = the mixture of S's unimodal posteriors (MoE)."""
+    return base.mixture_sample_shared(
+        post, subsets, self.uniform_from_noise(eps_choice), eps)
 
   # ------------------------------------------------------------ parameters
 
@@ -222,13 +155,6 @@ class MMVAEPlus:
     return {g: {n: params[g][n] for n in self.names} for g in params}
 
   # ---------------------------------------------------------------- pieces
-
-  def scale(self, raw):
-    return distributions.scale_from_raw(self.family, raw, self.eta)
-
-  def prior_scale(self, dim: int):
-    """Scale of the fixed priors p(z), p(w): the scale map at raw = 0."""
-    return self.scale(jnp.zeros((dim,), jnp.float32))
 
   def aux_prior_scale(self, params) -> Array:
     """`[M, Dw]` scales of the learned auxiliary priors r_psi_d."""

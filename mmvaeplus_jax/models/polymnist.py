@@ -190,7 +190,10 @@ class EncoderBranch(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Two unshared branches; returns (loc_w, raw_w, loc_z, raw_z)."""
+  """Two unshared branches; returns (loc_w, raw_w, loc_z, raw_z).
+
+  With `dim_w = 0` the w branch is absent and the w outputs are `[N, 0]`.
+  """
 
   dim_w: int = 32
   dim_z: int = 32
@@ -200,8 +203,11 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):  # [N, 28, 28, 3]
-    loc_w, raw_w = EncoderBranch(self.dim_w, self.width, self.dtype,
-                                 self.wgrad_chunk, name='w')(x)
+    if self.dim_w > 0:
+      loc_w, raw_w = EncoderBranch(self.dim_w, self.width, self.dtype,
+                                   self.wgrad_chunk, name='w')(x)
+    else:  # no private latent (MMVAE): no w branch at all
+      loc_w = raw_w = jnp.zeros((x.shape[0], 0), jnp.float32)
     loc_z, raw_z = EncoderBranch(self.dim_z, self.width, self.dtype,
                                  self.wgrad_chunk, name='z')(x)
     return loc_w, raw_w, loc_z, raw_z

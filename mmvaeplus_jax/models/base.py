@@ -1,0 +1,260 @@
+"""The one model interface: what the trainer, evaluators and figures call.
+
+Every multimodal VAE here (MMVAE+, MMVAE, MVAE, MoPoE-VAE, MMJSD, DMVAE) is
+a frozen, hashable dataclass (a static argument under `jax.jit`) over a
+params pytree, with the same latent layout:
+
+* a shared latent z `[Dz]`, and per modality an optional private latent
+  w_m `[Dw]` (`dim_w = 0`: no private latents, as MMVAE, MVAE, MoPoE);
+* modality d decodes u = [w_d, z] (private first, as the official code);
+* encoders give unimodal posteriors q_m(w_m | x_m) q_m(z | x_m) in the
+  model's `family` (`Posteriors`, stacked `[M, B, D]`);
+* the fixed priors p(z), p(w) have loc 0 and scale `prior_scale(D)`.
+
+What differs between models is (1) the training objective and (2) how the
+shared posterior of a SUBSET of modalities is formed from the unimodal ones
+(mixture of experts for MMVAE / MMVAE+ / MMJSD, product of experts with a
+prior expert for MVAE / MoPoE / DMVAE). Both are methods below; everything
+an evaluator needs is expressed through them, so an evaluator has no
+model-specific branch and a new model is one new module.
+
+Contract (`MultimodalVAE` subclasses implement the abstract methods):
+
+    model.init(key, batch) -> params
+    model.objective(key, params, batch, *, num_samples, beta, estimator,
+                    **options) -> [B]
+        per-example surrogate: value = the model's bound, gradient = the
+        chosen estimator's (maximise its mean). `estimator=None` picks
+        `model.estimators[0]`; `options` are the names in
+        `model.objective_options` (read from `config.objective`).
+    model.encode(params, batch) -> Posteriors            # unimodal, [M, B, D]
+    model.decode(params, name, u [..., Dw + Dz]) -> [..., *event]
+    model.sample_shared(post, subsets [S, M] bool, eps_choice [S, B],
+                        eps [S, B, Dz]) -> z [S, B, Dz]
+        one reparameterised sample of q(z | x_S) per subset S, from
+        standardised noise (`distributions.noise(model.family, ...)`).
+
+and inherits the generic pieces: `names`, `num_modalities`, `check_batch`,
+`scale`, `prior_scale`, `latent_kinds`, `uniform_from_noise`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmvaeplus_jax import distributions
+
+Array = jax.Array
+Params = Any
+Batch = Mapping[str, Array]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Modality:
+  """One modality: its networks, likelihood, event shape and scaling.
+
+  Attributes:
+    name: key of this modality in batches and params (e.g. 'm0').
+    encoder: Linen module, `x [B, *event] -> (loc_w, raw_w, loc_z, raw_z)`
+      (the w heads return `[B, 0]` when the model has no private latent).
+    decoder: Linen module, `u [N, Dw + Dz] -> out [N, *event]`.
+    log_likelihood: `(x [B, *event], out [..., B, *event]) -> [..., B]`.
+    event_shape: shape of one example, e.g. (28, 28, 3).
+    likelihood_scale: lambda_d multiplying this modality's log-likelihood.
+  """
+
+  name: str
+  encoder: nn.Module
+  decoder: nn.Module
+  log_likelihood: Callable[[Array, Array], Array]
+  event_shape: tuple[int, ...]
+  likelihood_scale: float = 1.0
+
+
+@flax.struct.dataclass
+class Posteriors:
+  """Stacked unimodal posteriors q_phi_m(w | x_m) q_phi_m(z | x_m)."""
+
+  loc_w: Array  # [M, B, Dw]  (Dw may be 0)
+  scale_w: Array  # [M, B, Dw]
+  loc_z: Array  # [M, B, Dz]
+  scale_z: Array  # [M, B, Dz]
+
+
+def uniform_from_noise(family, eps) -> Array:
+  """U(0, 1) values from standardised noise of `family`, by its CDF."""
+  if family == 'normal':
+    return jax.scipy.special.ndtr(eps)
+  # Laplace(0, 1) CDF.
+  return 0.5 + 0.5 * jnp.sign(eps) * -jnp.expm1(-jnp.abs(eps))
+
+
+def subset_mask(subsets, num_modalities: int) -> np.ndarray:
+  """`[S, M]` bool membership of index tuples (static, NumPy)."""
+  out = np.zeros((len(subsets), num_modalities), bool)
+  for i, s in enumerate(subsets):
+    if not s:
+      raise ValueError(f'subset {i} is empty; every subset needs a modality')
+    out[i, list(s)] = True
+  return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultimodalVAE:
+  """Base of every model (see the module docstring for the contract).
+
+  Attributes:
+    modalities: the M modalities, in order.
+    dim_w: private latent size per modality (0: no private latents).
+    dim_z: shared latent size.
+    family: 'laplace' or 'normal': posteriors and the fixed priors.
+    eta: floor added to every scale (official 1e-20).
+  """
+
+  modalities: tuple[Modality, ...]
+  dim_w: int
+  dim_z: int
+  family: distributions.Family = 'laplace'
+  eta: float = 1e-20
+
+  # Estimators `objective` accepts, the default first.
+  estimators = ('iwae',)
+  # Extra keyword options of `objective` (names in `config.objective`).
+  objective_options: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if not self.modalities:
+      raise ValueError('modalities must hold at least one Modality, got ()')
+    names = [m.name for m in self.modalities]
+    if len(set(names)) != len(names):
+      raise ValueError(f'modality names must be unique, got {names}')
+    if self.family not in distributions.FAMILIES:
+      raise ValueError(
+          f'family must be one of {distributions.FAMILIES}, got'
+          f' {self.family!r}')
+    if self.dim_w < 0 or self.dim_z < 1:
+      raise ValueError(
+          f'need dim_w >= 0 and dim_z >= 1, got dim_w={self.dim_w},'
+          f' dim_z={self.dim_z}')
+
+  # ---------------------------------------------------------------- generic
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(m.name for m in self.modalities)
+
+  @property
+  def num_modalities(self) -> int:
+    return len(self.modalities)
+
+  @property
+  def latent_kinds(self) -> tuple[str, ...]:
+    """Representations latent classification scores: z (shared) always;
+    w (private) and u = [w, z] when the model has private latents."""
+    return ('u', 'w', 'z') if self.dim_w > 0 else ('z',)
+
+  def scale(self, raw):
+    return distributions.scale_from_raw(self.family, raw, self.eta)
+
+  def prior_scale(self, dim: int):
+    """Scale of the fixed priors p(z), p(w): the scale map at raw = 0."""
+    return self.scale(jnp.zeros((dim,), jnp.float32))
+
+  def check_estimator(self, estimator):
+    """Resolves `None` to the default estimator; raises on unknown ones."""
+    if estimator is None:
+      return self.estimators[0]
+    if estimator not in self.estimators:
+      raise ValueError(
+          f'{type(self).__name__} supports estimators {self.estimators},'
+          f' got {estimator!r}')
+    return estimator
+
+  def check_batch(self, batch: Batch) -> int:
+    """Validates a batch at trace time; returns the batch size B.
+
+    Raises:
+      ValueError: naming the offending modality and shape when the batch has
+        missing or unknown modalities, mismatched batch sizes or a wrong event
+        shape.
+    """
+    if not isinstance(batch, Mapping):
+      raise ValueError(
+          f'batch must be a mapping from modality name to array, got'
+          f' {type(batch).__name__}')
+    missing = [n for n in self.names if n not in batch]
+    extra = [n for n in batch if n not in self.names]
+    if missing or extra:
+      raise ValueError(
+          f'batch must hold exactly the model\'s {self.num_modalities}'
+          f' modalities {list(self.names)}; missing {missing}, unknown'
+          f' {extra} (got keys {list(batch)})')
+    sizes = {}
+    for m in self.modalities:
+      shape = tuple(np.shape(batch[m.name]))
+      if shape[1:] != tuple(m.event_shape):
+        raise ValueError(
+            f'batch[{m.name!r}] must have shape'
+            f' [B, {", ".join(map(str, m.event_shape))}], got {list(shape)}')
+      sizes[m.name] = shape[0]
+    if len(set(sizes.values())) != 1:
+      raise ValueError(
+          f'all modalities of a batch must have the same batch size B, got'
+          f' {sizes}')
+    return next(iter(sizes.values()))
+
+  def uniform_from_noise(self, eps) -> Array:
+    return uniform_from_noise(self.family, eps)
+
+  # --------------------------------------------------------------- abstract
+
+  def init(self, key, batch: Batch) -> Params:
+    raise NotImplementedError
+
+  def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
+                beta=1.0, estimator: str | None = None, **options) -> Array:
+    raise NotImplementedError
+
+  def encode(self, params, batch: Batch) -> Posteriors:
+    raise NotImplementedError
+
+  def decode(self, params, name: str, u: Array) -> Array:
+    raise NotImplementedError
+
+  def sample_shared(self, post: Posteriors, subsets: np.ndarray,
+                    eps_choice: Array, eps: Array) -> Array:
+    raise NotImplementedError
+
+
+def mixture_sample_shared(post: Posteriors, subsets: np.ndarray, u: Array,
+                          eps: Array) -> Array:
+  """z ~ (1/|S|) sum_{m in S} q_m(z | x_m): a uniform member, then its sample.
+
+  Args:
+    post: unimodal posteriors, `loc_z`/`scale_z` `[M, B, Dz]`.
+    subsets: `[S, M]` bool membership (static NumPy).
+    u: `[S, B]` U(0, 1) values choosing the member (position floor(u |S|)
+      in the sorted member list: a one-member subset always picks it).
+    eps: `[S, B, Dz]` standardised noise of the chosen member's sample.
+
+  Returns:
+    `[S, B, Dz]`.
+  """
+  subsets = np.asarray(subsets, bool)
+  m = subsets.shape[1]
+  sizes = subsets.sum(1)  # [S]
+  pos = jnp.floor(u * sizes[:, None])
+  pos = jnp.clip(pos.astype(jnp.int32), 0, sizes[:, None] - 1)  # [S, B]
+  table = np.array([list(np.flatnonzero(s)) + [int(np.flatnonzero(s)[0])]
+                    * (m - int(s.sum())) for s in subsets])  # [S, M]
+  choice = jnp.take_along_axis(jnp.asarray(table), pos, axis=1)  # [S, B]
+  cols = jnp.arange(u.shape[1])[None, :]
+  loc, scale = post.loc_z[choice, cols], post.scale_z[choice, cols]
+  return loc + scale * eps
