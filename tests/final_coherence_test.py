@@ -12,6 +12,7 @@ from mmvaeplus_jax import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.input import pipeline
+from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import loop
 
 NAMES = ('m0', 'm1')
@@ -54,7 +55,7 @@ def test_final_coherence_trains_saves_and_reloads_classifiers(
   model = models.get_model(config.model)
   keys = tuple(model.names) + ('label',)
   train_src, eval_src = (pipeline.Select(s, keys)
-                         for s in loop.load_sources(config.data))
+                         for s in sources.load_sources(config.data))
   mesh = parallel.make_mesh()  # 8 fake devices
   example = eval_src.read(np.arange(8))
   params = parallel.replicate(mesh, jax.device_get(model.init(

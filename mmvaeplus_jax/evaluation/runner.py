@@ -217,13 +217,13 @@ class LazySource:
 
 def _train_source(data_cfg):
   """The train split, opened on first use (most evaluators never read it)."""
-  return LazySource(lambda: loop.split_source(data_cfg, data_cfg.train_split))
+  return LazySource(lambda: sources.split_source(data_cfg, data_cfg.train_split))
 
 
 def _eval_source(data_cfg):
   """The test split (prepares the dataset if needed), as `loop` reads it."""
-  loop.prepare_data(data_cfg)
-  return loop.split_source(data_cfg, data_cfg.eval_split)
+  sources.prepare_data(data_cfg)
+  return sources.split_source(data_cfg, data_cfg.eval_split)
 
 
 # -------------------------------------------------------------------- runner

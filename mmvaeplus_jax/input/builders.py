@@ -73,9 +73,17 @@ def _expand(path: os.PathLike | str) -> str:
 
 
 def full_name(name_or_config: str) -> str:
-  """'polymnist/<config>' from a full name or a bare PolyMNIST config name."""
-  return name_or_config if '/' in name_or_config else (
-      f'polymnist/{name_or_config}')
+  """'<dataset>/<config>' from a full name, or 'polymnist/<config>' from a
+  bare PolyMNIST config name."""
+  if '/' in name_or_config:
+    name = name_or_config.split('/', 1)[0]
+    if name not in BUILDER_FILES:
+      raise ValueError(
+          f'unknown dataset {name!r} in {name_or_config!r}; known:'
+          f' {sorted(BUILDER_FILES)}')
+    _register(name, BUILDER_FILES[name])
+    return name_or_config
+  return f'polymnist/{name_or_config}'
 
 
 def prepare(
@@ -110,7 +118,7 @@ def load_split(
     *,
     manual_dir: os.PathLike | str | None = None,
 ) -> dict[str, np.ndarray]:
-  """Reads one split of a PolyMNIST config into NumPy, preparing it if needed.
+  """Reads one split of a prepared dataset into NumPy, preparing it if needed.
 
   Args:
     name_or_config: 'polymnist/<config>' or just the config name: 'mini'
@@ -122,6 +130,7 @@ def load_split(
       `data_dir/downloads/manual`); unused when already prepared.
 
   Returns:
+    `{feature: [N, *shape]}` in the features' dtypes, e.g. for PolyMNIST
     {'m0'..'m4': uint8 [N, 28, 28, 3], 'label': int64 [N]}, in the stored
     order (TFDS's key-hash order).
 
@@ -132,9 +141,9 @@ def load_split(
   builder = prepare(name_or_config, data_dir, manual_dir=manual_dir)
   source = builder.as_data_source(split=split)
   n = len(source)
-  out = {m: np.empty((n, *polymnist_data.IMAGE_SHAPE), np.uint8)
-         for m in polymnist_data.MODALITIES}
-  out['label'] = np.empty(n, np.int64)
+  features = builder.info.features
+  out = {k: np.empty((n, *features[k].shape), features[k].np_dtype)
+         for k in features.keys()}
   for start in range(0, n, _READ_CHUNK):
     stop = min(start + _READ_CHUNK, n)
     examples = source.__getitems__(range(start, stop))

@@ -44,6 +44,7 @@ from mmvaeplus_jax import plotting
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.input import pipeline
+from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import step as step_lib
 from mmvaeplus_jax.training import writers
@@ -51,38 +52,6 @@ from mmvaeplus_jax.training import writers
 
 class NonFiniteError(RuntimeError):
   """Too many consecutive non-finite steps."""
-
-
-def prepare_data(data) -> None:
-  """Builds `config.data`'s dataset if needed: process 0 builds, the others
-  wait for it."""
-  if data.name != 'polymnist':
-    raise ValueError(f'unknown data.name {data.name!r}; known: polymnist')
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:
-    builders.prepare(data.config, data.data_dir,
-                     manual_dir=data.manual_dir or None)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('mmvaeplus_jax:data_prepared')
-
-
-def split_source(data, split: str) -> pipeline.Source:
-  """One split of the (prepared) dataset as a `pipeline.Source`: in memory
-  (`data.in_memory`) or read on demand from the TFDS data source."""
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
-  manual_dir = data.manual_dir or None
-  if data.in_memory:
-    return pipeline.ArraySource(builders.load_split(
-        data.config, split, data.data_dir, manual_dir=manual_dir))
-  builder = builders.prepare(data.config, data.data_dir, manual_dir=manual_dir)
-  return pipeline.DataSource(builder.as_data_source(split=split))
-
-
-def load_sources(data):
-  """(train, eval) `pipeline.Source`s for `config.data`."""
-  prepare_data(data)
-  return split_source(data, data.train_split), split_source(
-      data, data.eval_split)
 
 
 def total_steps(train_cfg, num_examples: int) -> int:
@@ -194,7 +163,7 @@ def train_and_evaluate(config, workdir: str):
   tc = config.train
   model = models.get_model(config.model)
   tx = step_lib.make_optimizer(config.optim)
-  train_src, eval_src = load_sources(config.data)
+  train_src, eval_src = sources.load_sources(config.data)
   keys = tuple(model.names) + ('label',)  # only what the model reads
   train_src, eval_src = (pipeline.Select(s, keys) for s in (train_src, eval_src))
   num_steps = total_steps(tc, len(train_src))
