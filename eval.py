@@ -6,7 +6,9 @@ over the available devices, runs the evaluators named in
 latent_classification, likelihood, figures; see `evaluation/runner.py`) and
 writes DIR/eval/<step>/metrics.json (a `skipped` entry gives the reason for
 everything that could not run), TensorBoard scalars under DIR/eval/ and the
-figures (PNG) beside the metrics. Use the config the run was trained with.
+figures (PNG) beside the metrics. The config is the run's own
+(<workdir>/config.json, written by train.py) unless `--config` is given;
+`--config.evals.x=...` overrides either.
 
 * coherence and FD_clf need `--config.evals.classifier_dir=CLASSIFIERS`
   (trained with `python -m mmvaeplus_jax.evaluation.classifiers`);
@@ -20,18 +22,27 @@ figures (PNG) beside the metrics. Use the config the run was trained with.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mmvaeplus_jax import parallel
+from mmvaeplus_jax import runs
 from mmvaeplus_jax.evaluation import runner
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# Default config: the run's own (<workdir>/config.json, written by train.py),
+# through configs/run.py, so `--config.evals.x=...` overrides still apply.
 config_flags.DEFINE_config_file(
-    'config', os.path.join(_HERE, 'mmvaeplus_jax/configs/polymnist.py:demo'),
-    'The config the run was trained with.', lock_config=True)
+    'config', os.path.join(_HERE, 'mmvaeplus_jax/configs/run.py') + (
+        f':{runs.workdir_from_argv(sys.argv)}'
+        if runs.workdir_from_argv(sys.argv) else ''),
+    'Config (default: the one the run was trained with, from'
+    ' <workdir>/config.json).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training run directory.', required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 FLAGS = flags.FLAGS

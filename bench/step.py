@@ -527,8 +527,9 @@ def _measure(args, case, row):
   b = case.batch_size
   rng = np.random.default_rng(args.seed)
   host_batches = [pipeline.to_model_inputs({
-      n: rng.integers(0, 256, (b, 28, 28, 3), dtype=np.uint8)
-      for n in model.names}) for _ in range(4)]
+      m.name: rng.integers(0, 256, (b,) + tuple(m.event_shape),
+                           dtype=np.uint8)
+      for m in model.modalities}) for _ in range(4)]
   _log(f'{case.name}: width {case.width}, M={case.num_modalities}, '
        f'K={config.objective.num_samples}, B={b}, '
        f'{config.objective.estimator}, {case.compute_dtype}, '

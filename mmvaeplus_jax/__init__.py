@@ -2,17 +2,21 @@
 
 The small public API: distributions (log-densities, samplers, scale maps),
 objectives (log-weights, the stratified MoE bound), estimators (IWAE and DReG
-surrogates) and the model container.
+surrogates), the model interface (`MultimodalVAE`, models/base.py) with the
+MMVAE+ container, and `load_run` (a trained run's model and params).
 """
 
 from mmvaeplus_jax import distributions
 from mmvaeplus_jax import estimators
 from mmvaeplus_jax import objectives
+from mmvaeplus_jax.models.base import MultimodalVAE
 from mmvaeplus_jax.models.mmvaeplus import MMVAEPlus, Modality, Noise, Posteriors
+from mmvaeplus_jax.runs import load_run
 
 __version__ = '0.1.0.dev0'
 
 __all__ = [
     'distributions', 'estimators', 'objectives',
-    'MMVAEPlus', 'Modality', 'Noise', 'Posteriors',
+    'MMVAEPlus', 'Modality', 'MultimodalVAE', 'Noise', 'Posteriors',
+    'load_run',
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmvaeplus_jax import distributions
+from mmvaeplus_jax import plotting
 
 
 def prior_w(key, model, shape, alpha=1.0):
@@ -39,17 +41,21 @@ def cross_modal(key, model, params, batch, *, alpha=1.0):
   """Every source's z ~ q(z | x_source) decoded by every target with w ~ p(w).
 
   Returns:
-    `[M_source, M_target, B, *event]` decoder means (requires equal event
-    shapes across modalities; the diagonal is also decoded from p(w)).
+    `[M_source, M_target, B, H, W, C]` decoder means (modalities of
+    different image shapes are centred on a common RGB canvas,
+    `plotting.to_canvas`; the diagonal is also decoded from p(w)).
   """
   post = model.encode(params, batch)
   m, b = post.loc_z.shape[:2]
   kz, kw = jax.random.split(key)
-  z = distributions.reparameterise(
-      post.loc_z, post.scale_z,
+  # z_e ~ q(z | x_e), the model's posterior given modality e alone.
+  z = model.sample_shared(
+      post, np.eye(m, dtype=bool), jnp.zeros((m, b)),
       distributions.noise(model.family, kz, post.loc_z.shape))  # [M, B, Dz]
   w = prior_w(kw, model, (m, m, b), alpha)  # [M_s, M_t, B, Dw]
+  canvas = plotting.canvas_shape([mod.event_shape for mod in model.modalities])
   return jnp.stack([
-      jnp.stack([model.decode(params, n, jnp.concatenate([w[e, d], z[e]], -1))
-                 for d, n in enumerate(model.names)])
+      jnp.stack([plotting.to_canvas(
+          model.decode(params, n, jnp.concatenate([w[e, d], z[e]], -1)),
+          canvas) for d, n in enumerate(model.names)])
       for e in range(m)])

@@ -40,10 +40,10 @@ import ml_collections
 import numpy as np
 
 from mmvaeplus_jax import parallel
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Params = Any
-MMVAEPlus = mmvaeplus.MMVAEPlus
+MultimodalVAE = base.MultimodalVAE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class EvalContext:
   """
 
   config: ml_collections.ConfigDict
-  model: MMVAEPlus
+  model: MultimodalVAE
   params: Params
   data: dict
   train_source: Any

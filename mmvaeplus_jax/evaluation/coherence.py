@@ -11,7 +11,8 @@ masked):
   w ~ p(w) is the FIXED prior (loc 0, scale `alpha * model.prior_scale(Dw)`;
   alpha is the paper's test-time scaling of Fig. 19, commented out in the
   official code, so alpha = 1 there and by default here) and
-  z_e ~ q_e(z | x_e) one sample; the raw decoder
+  z_e ~ q(z | x_e) one sample of the model's posterior given modality e
+  alone (`model.sample_shared`; for MMVAE+ q_e itself); the raw decoder
   output (the Laplace mean, not clamped) goes to classifier d and its argmax
   is compared with the label. The diagonal follows the official
   `self_and_cross_modal_generation_forward`: it is the self-reconstruction
@@ -21,8 +22,10 @@ masked):
   over the M targets. Plain (not class-balanced) accuracy.
 * `subset_coherence`: the all-subsets protocol of MoPoE / MVTCAE / MultiVae.
   For every nonempty proper subset S of the modalities, z is drawn from the
-  mixture of S's unimodal posteriors (a uniformly random member of S per
-  example, then one sample of its q(z | x)), and every target d not in S is
+  model's subset posterior q(z | x_S) (`model.sample_shared`: for MoE models
+  the mixture of S's unimodal posteriors, a uniformly random member of S per
+  example, then one sample of its q(z | x); for PoE models the product of
+  S's experts and the prior expert), and every target d not in S is
   decoded with w ~ p(w) and classified. Reported per subset size k: the mean
   over subsets of size k of the mean accuracy over their targets. THIS IS A
   DIFFERENT QUANTITY from the per-target number above (targets.md section
@@ -62,7 +65,7 @@ import numpy as np
 from mmvaeplus_jax import distributions
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax.evaluation import api
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Array = jax.Array
 Params = Any
@@ -93,14 +96,6 @@ def _example_noise(family, keys, *shapes) -> list[Array]:
           for p, s in zip(parts, shapes)]
 
 
-def _uniform_from_noise(family, eps) -> Array:
-  """U(0, 1) values from standardised noise, by the family's CDF."""
-  if family == 'normal':
-    return jax.scipy.special.ndtr(eps)
-  # Laplace(0, 1) CDF.
-  return 0.5 + 0.5 * jnp.sign(eps) * -jnp.expm1(-jnp.abs(eps))
-
-
 def _classes(classify, clf_params, name, x, num_lead: int) -> Array:
   """Predicted classes of `x [*lead, *event]` (`num_lead` axes): `[*lead]`."""
   lead = x.shape[:num_lead]
@@ -114,7 +109,7 @@ def _classes(classify, clf_params, name, x, num_lead: int) -> Array:
 
 def conditional_counts(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -149,7 +144,10 @@ def conditional_counts(
   # every (source e, target d).
   eps_z, eps_wq, eps_wp = _example_noise(
       model.family, keys, (m, dz), (m, dw), (m, m, dw))  # [B, ...]
-  z = post.loc_z + post.scale_z * jnp.swapaxes(eps_z, 0, 1)  # [M(e), B, Dz]
+  # z_e ~ q(z | x_e), the model's posterior of the one-modality subset {e}.
+  z = model.sample_shared(
+      post, np.eye(m, dtype=bool), jnp.zeros((m, index.shape[0])),
+      jnp.swapaxes(eps_z, 0, 1))  # [M(e), B, Dz]
   w_post = post.loc_w + post.scale_w * jnp.swapaxes(eps_wq, 0, 1)
   w_prior = (alpha * model.prior_scale(dw)) * jnp.transpose(
       eps_wp, (1, 2, 0, 3))  # [M(e), M(d), B, Dw]
@@ -171,7 +169,7 @@ def subsets(num_modalities: int) -> tuple[tuple[int, ...], ...]:
 
 def subset_counts(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -196,19 +194,13 @@ def subset_counts(
   post = model.encode(params, batch)  # [M, B, D]
   keys = _example_keys(key, index)
   valid = index >= 0
-  b = index.shape[0]
   # Per example and subset: the mixture component, z, and w ~ p(w) per target.
   eps_c, eps_z, eps_w = _example_noise(
       model.family, keys, (s_count,), (s_count, dz), (s_count, m, dw))
-  # Uniform member of S: position floor(U |S|) in the sorted member list.
-  sizes = member.sum(1)  # [S]
-  pos = jnp.floor(_uniform_from_noise(model.family, eps_c.T) * sizes[:, None])
-  pos = jnp.clip(pos.astype(jnp.int32), 0, sizes[:, None] - 1)  # [S, B]
-  table = np.array([list(s) + [s[0]] * (m - len(s)) for s in subs])  # [S, M]
-  choice = jnp.take_along_axis(jnp.asarray(table), pos, axis=1)  # [S, B]
-  cols = jnp.arange(b)[None, :]
-  loc_z, scale_z = post.loc_z[choice, cols], post.scale_z[choice, cols]
-  z = loc_z + scale_z * jnp.swapaxes(eps_z, 0, 1)  # [S, B, Dz]
+  # z ~ q(z | x_S), the model's subset posterior (a mixture of S's unimodal
+  # posteriors for MoE models: a uniform member, then its sample).
+  z = model.sample_shared(post, member, eps_c.T,
+                          jnp.swapaxes(eps_z, 0, 1))  # [S, B, Dz]
   w = (alpha * model.prior_scale(dw)) * jnp.transpose(
       eps_w, (1, 2, 0, 3))  # [S, M(d), B, Dw]
   counts = jnp.zeros((s_count, m), jnp.int32)
@@ -223,7 +215,7 @@ def subset_counts(
 
 def unconditional_counts(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -352,7 +344,7 @@ class ConditionalCoherence:
 
 def conditional_coherence(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -432,7 +424,7 @@ class SubsetCoherence:
 
 def subset_coherence(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -489,7 +481,7 @@ class UnconditionalCoherence:
 
 def unconditional_coherence(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     classify: ClassifyFn,
     clf_params: Any,
@@ -535,7 +527,7 @@ class CoherenceEvaluator:
 
   def __init__(
       self,
-      model: mmvaeplus.MMVAEPlus,
+      model: base.MultimodalVAE,
       classify: ClassifyFn,
       clf_params: Any,
       data: Mapping[str, np.ndarray],

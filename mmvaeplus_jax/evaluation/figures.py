@@ -78,11 +78,11 @@ from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.evaluation import fd_clf
 from mmvaeplus_jax.input import pipeline
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Array = jax.Array
 Params = Any
-Posteriors = mmvaeplus.Posteriors
+Posteriors = base.Posteriors
 
 DEFAULT_ALPHA_SWEEP = (0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(1, 31))
@@ -106,6 +106,16 @@ def _prior(model, eps, alpha=1.0):
   """Fixed-prior samples from standardised noise: alpha * scale * eps, the
   formula of `generation.prior_w` (p(z) with alpha = 1)."""
   return alpha * model.prior_scale(eps.shape[-1]) * eps
+
+
+def _unimodal_shared(model, post: Posteriors, eps) -> Array:
+  """z_e ~ q(z | x_e) for every modality e from noise `eps [M, B, Dz]` or
+  `[M, S, B, Dz]`: the model's posterior given that modality alone
+  (`model.sample_shared` over one-member subsets; for MMVAE+ q_e itself)."""
+  m, b = post.loc_z.shape[:2]
+  one = lambda e: model.sample_shared(
+      post, np.eye(m, dtype=bool), jnp.zeros((m, b)), e)
+  return one(eps) if eps.ndim == 3 else jax.vmap(one, 1, 1)(eps)
 
 
 def _concat(w, z):
@@ -135,8 +145,7 @@ def cross_modal_latents(key, model, post: Posteriors, num_samples: int, *,
   m, b = post.loc_z.shape[:2]
   eps_z, eps_w = _draw(key, model, (m, num_samples, b), model.dim_z,
                        m * model.dim_w)
-  z = distributions.reparameterise(
-      post.loc_z[:, None], post.scale_z[:, None], eps_z)  # [M_s, S, B, Dz]
+  z = _unimodal_shared(model, post, eps_z)  # [M_s, S, B, Dz]
   w = _prior(model, eps_w.reshape((m, num_samples, b, m, model.dim_w)),
              alpha)  # [M_s, S, B, M_t, Dw]
   w = jnp.transpose(w, (0, 3, 1, 2, 4))  # [M_s, M_t, S, B, Dw]
@@ -163,7 +172,7 @@ def posterior_samples(key, model, post: Posteriors) -> tuple[Array, Array]:
   eps_w, eps_z = _draw(key, model, post.loc_w.shape[:-1], model.dim_w,
                        model.dim_z)
   return (distributions.reparameterise(post.loc_w, post.scale_w, eps_w),
-          distributions.reparameterise(post.loc_z, post.scale_z, eps_z))
+          _unimodal_shared(model, post, eps_z))
 
 
 def style_latents(w, z) -> Array:
@@ -253,11 +262,13 @@ def traversal_base(key, model, post: Posteriors, source: int,
                    index: int = 0, *, alpha=1.0) -> tuple[Array, Array]:
   """The paper's traversal embedding: (w̄ `[Dw]` ~ p_alpha(w), z̄ `[Dz]`).
 
-  z̄ is the MEAN of q_source(z | x_index) (App. F, footnote 3); w̄ is one
-  draw of the fixed prior p(w), used by every target.
+  z̄ is the MEAN of q(z | x_index) given the source alone (App. F,
+  footnote 3; the noise-free `sample_shared`); w̄ is one draw of the fixed
+  prior p(w), used by every target.
   """
   w = generation.prior_w(key, model, (), alpha)
-  return w, post.loc_z[source, index]
+  mean = _unimodal_shared(model, post, jnp.zeros_like(post.loc_z))  # eps = 0
+  return w, mean[source, index]
 
 
 def traversal_latents(w, z, values, *, kind: str,
@@ -305,7 +316,8 @@ def alpha_latents(key, model, post: Posteriors, alphas, num_samples: int
 
 def _decode_targets(model, params, u) -> Array:
   """`[M_t, N, Dw + Dz]` -> `[M_t, N, *event]`, target d decodes u[d]."""
-  return jnp.stack([model.decode(params, name, u[d])
+  canvas = plotting.canvas_shape([m.event_shape for m in model.modalities])
+  return jnp.stack([plotting.to_canvas(model.decode(params, name, u[d]), canvas)
                     for d, name in enumerate(model.names)])
 
 
@@ -326,7 +338,8 @@ def decode_latents(model, params, u, *, chunk: int = 128) -> np.ndarray:
 
   Decodes in chunks of exactly `chunk` latents per target (the last one
   padded), so every call with the same chunk reuses one compilation.
-  Requires equal event shapes across modalities.
+  Modalities of different image shapes come back on a common RGB canvas
+  (`plotting.to_canvas`).
 
   Args:
     model: the MMVAE+.
@@ -335,7 +348,7 @@ def decode_latents(model, params, u, *, chunk: int = 128) -> np.ndarray:
     chunk: latents per target per device call.
 
   Returns:
-    `[M_t, *S, *event]` float32 numpy (raw Laplace means, not clamped).
+    `[M_t, *S, H, W, C]` float32 numpy (raw decoder means, not clamped).
   """
   u = np.asarray(u, np.float32)
   m = model.num_modalities
@@ -568,9 +581,11 @@ def figure_images(key, model, params, data: Mapping[str, np.ndarray],
   n = len(data['label']) if 'label' in data else len(data[names[0]])
   g = min(options.num_examples, n)
   idx = np.concatenate([np.arange(g), (np.arange(g) + g) % n])
+  canvas = plotting.canvas_shape([mod.event_shape for mod in model.modalities])
   inputs = {k: _float_images(np.asarray(data[k])[idx]) for k in names}
-  shared = {k: v[:g] for k, v in inputs.items()}
-  private = {k: v[g:] for k, v in inputs.items()}
+  shown = {k: plotting.to_canvas(v, canvas) for k, v in inputs.items()}
+  shared = {k: v[:g] for k, v in shown.items()}  # as shown in the grids
+  private = {k: v[g:] for k, v in shown.items()}
   source = names.index(options.source) if options.source else 0
   src = names[source]
   values, relative = traversal_values(
@@ -602,6 +617,10 @@ def figure_images(key, model, params, data: Mapping[str, np.ndarray],
       f'z ~ p(z) shared per column, w ~ p(w) (alpha={options.alpha:g})',
       row_labels=list(names))
 
+  if model.dim_w == 0:  # no private latent: Figs. 8, 9 and the w traversal
+    return _without_private(out, lat, dec, shared, names, m, src, values,
+                            relative, alphas, sa)
+
   # Fig. 8: rows fix z (from x_e), column blocks per target fix w (from x_d).
   x = dec(jnp.swapaxes(lat['private'], 0, 1))  # [M_t, M_s, G(z), G(w), ...]
   top = np.concatenate([_white((1,) + x.shape[-3:])]
@@ -626,9 +645,24 @@ def figure_images(key, model, params, data: Mapping[str, np.ndarray],
       row_labels=['w from'] + [f'z ~ p(z) #{i + 1}' for i in range(g)],
       col_labels=[t if j == 0 else '' for t in names for j in range(g)])
 
+  return _traversal_and_alpha(out, lat, dec, shared, names, m, src, values,
+                              relative, alphas, sa, ('z', 'w'))
+
+
+def _without_private(out, lat, dec, shared, names, m, src, values, relative,
+                     alphas, sa):
+  """The figures of a model without private latents (no Figs. 8, 9 and no
+  w traversal: w is empty)."""
+  return _traversal_and_alpha(out, lat, dec, shared, names, m, src, values,
+                              relative, alphas, sa, ('z',))
+
+
+def _traversal_and_alpha(out, lat, dec, shared, names, m, src, values,
+                         relative, alphas, sa, kinds):
+  """Fig. 10 (traversals of `kinds`) and Fig. 20 (alpha grid) into `out`."""
   # Fig. 10: one column per dimension, rows (target, value).
   vlabel = (lambda v: f'{v:+.1f}') if relative else (lambda v: f'={v:.2f}')
-  for kind in ('z', 'w'):
+  for kind in kinds:
     u = lat[f'traversal_{kind}']
     u = jnp.broadcast_to(u, (m,) + u.shape)  # [M_t, D_kind, S, D]
     x = np.swapaxes(dec(u), 1, 2)  # [M_t, S, D_kind, ...]

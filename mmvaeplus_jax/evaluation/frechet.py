@@ -52,7 +52,7 @@ from mmvaeplus_jax import distributions
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Array = jax.Array
 
@@ -95,7 +95,7 @@ def _slice(x, start, size):
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
 
 
-def unconditional_images(key, model: mmvaeplus.MMVAEPlus, params, index,
+def unconditional_images(key, model: base.MultimodalVAE, params, index,
                          *, target: str, alpha=1.0) -> Array:
   """Modality `target` of joint prior samples `index`: `[B, *event]` means.
 
@@ -116,12 +116,12 @@ def _uncond_decode(dec_params, key, d, index, *, model, decoder, alpha):
   return decoder.apply({'params': dec_params}, jnp.concatenate([w, z], -1))
 
 
-def conditional_images(key, model: mmvaeplus.MMVAEPlus, params, x_source,
+def conditional_images(key, model: base.MultimodalVAE, params, x_source,
                        index, *, source: str, target: str,
                        alpha=1.0) -> Array:
   """`target`'s generations from inputs `x_source [B, *event]`: `[B, *event]`.
 
-  Example i: z_e ~ q_e(z | x_e); w ~ p(w) (scale alpha) when source !=
+  Example i: z_e ~ q(z | x_e) (`model.sample_shared`); w ~ p(w) (scale alpha) when source !=
   target, else w_e ~ q_e(w | x_e) (the self-reconstruction); all from
   `fold_in(key, i)`, the same z_e for every target of a source.
   """
@@ -137,7 +137,13 @@ def _cond_decode(enc_params, dec_params, key, e, d, x_source, index, *,
   m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
   loc_w, raw_w, loc_z, raw_z = encoder.apply({'params': enc_params}, x_source)
   eps = _example_noise(model.family, key, index, m * dz + m * dw + m * m * dw)
-  z = loc_z + model.scale(raw_z) * _slice(eps, e * dz, dz)
+  # z ~ q(z | x_e): the model's posterior given this one modality
+  # (`sample_shared` over the one-member subset of these posteriors).
+  post = base.Posteriors(loc_w[None], model.scale(raw_w)[None],
+                         loc_z[None], model.scale(raw_z)[None])
+  z = model.sample_shared(post, np.ones((1, 1), bool),
+                          jnp.zeros((1, x_source.shape[0])),
+                          _slice(eps, e * dz, dz)[None])[0]
   w_post = loc_w + model.scale(raw_w) * _slice(eps, m * dz + e * dw, dw)
   w_prior = alpha * model.prior_scale(dw) * _slice(
       eps, m * dz + m * dw + (e * m + d) * dw, dw)

@@ -35,7 +35,7 @@ from sklearn import linear_model
 from mmvaeplus_jax import distributions
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax.evaluation import api
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Params = Any
 KINDS = ('u', 'w', 'z')
@@ -46,7 +46,7 @@ def _to_float(x):
   return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
-def sample_latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
+def sample_latents(key, model: base.MultimodalVAE, params: Params,
                    batch: Mapping[str, jax.Array], index: jax.Array):
   """One posterior sample per example and modality.
 
@@ -68,7 +68,10 @@ def sample_latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
       model.family, k, (m, dw + dz)))(keys)  # [B, M, Dw + Dz]
   eps = jnp.swapaxes(eps, 0, 1)  # [M, B, Dw + Dz]
   w = post.loc_w + post.scale_w * eps[..., :dw]
-  z = post.loc_z + post.scale_z * eps[..., dw:]
+  # z ~ q(z | x_m), the model's posterior given modality m alone (for MoE
+  # models q_m itself; for PoE models the product with the prior expert).
+  z = model.sample_shared(post, np.eye(m, dtype=bool),
+                          jnp.zeros(eps.shape[:2]), eps[..., dw:])
   return w, z
 
 
@@ -81,11 +84,12 @@ def _latents_per_example(key, params, index, batch, *, model):
 _latents_jit = jax.jit(_latents_per_example, static_argnames=('model',))
 
 
-def latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
+def latents(key, model: base.MultimodalVAE, params: Params,
             data: Mapping[str, np.ndarray], *, batch_size: int = 256,
             mesh: jax.sharding.Mesh | None = None
             ) -> dict[str, dict[str, np.ndarray]]:
-  """`{name: {'u': [N, Dw+Dz], 'w': [N, Dw], 'z': [N, Dz]}}` for a split.
+  """`{name: {'u': [N, Dw+Dz], 'w': [N, Dw], 'z': [N, Dz]}}` for a split
+  (the kinds of `model.latent_kinds`: only 'z' without private latents).
 
   Batches are sharded over `mesh` (default: one device); `params` must live
   on `mesh` (e.g. replicated) or be uncommitted. Example i's noise comes from
@@ -99,18 +103,25 @@ def latents(key, model: mmvaeplus.MMVAEPlus, params: Params,
       functools.partial(_latents_jit, model=model), mesh, n,
       batch_size=batch_size, inputs={k: data[k] for k in model.names},
       args=(key, params))  # [N, M, D]
-  return {name: {'u': np.concatenate([w[:, i], z[:, i]], -1), 'w': w[:, i],
+  reps = {name: {'u': np.concatenate([w[:, i], z[:, i]], -1), 'w': w[:, i],
                  'z': z[:, i]}
           for i, name in enumerate(model.names)}
+  return {name: {k: r[k] for k in model.latent_kinds}
+          for name, r in reps.items()}
+
+
+def _kinds(reps: Mapping[str, np.ndarray]) -> list[str]:
+  """The representation kinds present, in `KINDS` order."""
+  return [k for k in KINDS if k in reps]
 
 
 def fit(train_latents: Mapping[str, Mapping[str, np.ndarray]],
         labels: np.ndarray, *, max_iter: int = 1000
         ) -> dict[str, linear_model.LogisticRegression]:
-  """One logistic regression per `'<name>/<u|w|z>'`."""
+  """One logistic regression per `'<name>/<kind>'` (the kinds present)."""
   clfs = {}
   for name, reps in train_latents.items():
-    for kind in KINDS:
+    for kind in _kinds(reps):
       clf = linear_model.LogisticRegression(
           solver='lbfgs', max_iter=max_iter, random_state=0)
       clfs[f'{name}/{kind}'] = clf.fit(reps[kind], np.asarray(labels))
@@ -134,12 +145,12 @@ def score(clfs: Mapping[str, linear_model.LogisticRegression],
   labels = np.asarray(labels)
   out, z_preds = {}, []
   for name, reps in test_latents.items():
-    for kind in KINDS:
+    for kind in _kinds(reps):
       pred = clfs[f'{name}/{kind}'].predict(reps[kind])
       out[f'{name}/{kind}'] = float(np.mean(pred == labels))
       if kind == 'z':
         z_preds.append(pred)
-  for kind in KINDS:
+  for kind in _kinds(next(iter(test_latents.values()))):
     out[f'mean/{kind}'] = float(np.mean(
         [out[f'{n}/{kind}'] for n in test_latents]))
   num_classes = max(NUM_CLASSES, int(labels.max()) + 1)
@@ -150,7 +161,7 @@ def score(clfs: Mapping[str, linear_model.LogisticRegression],
 
 def latent_classification(
     key,
-    model: mmvaeplus.MMVAEPlus,
+    model: base.MultimodalVAE,
     params: Params,
     train: Mapping[str, np.ndarray],
     test: Mapping[str, np.ndarray],

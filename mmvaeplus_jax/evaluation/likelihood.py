@@ -4,10 +4,16 @@ The generative model of MMVAE+ (official_reference.md section 7):
 
     p(x_1:M, w_1:M, z) = p(z) prod_m p(w_m) p_theta_m(x_m | w_m, z).
 
-The proposal is the JOINT mixture-of-experts posterior of the model,
+(the same for every model here: `models/base.py`; without private latents
+the w terms vanish). The proposal is the model's JOINT posterior, written as
+an equal-weight mixture of R components (`model.joint_components`): for
+MMVAE+ / MMVAE / MMJSD the mixture of experts (R = M),
 
     q(w_1:M, z | x_1:M) = q_Phi(z | x_1:M) prod_m q_phi_m(w_m | x_m),
     q_Phi(z | x_1:M) = (1/M) sum_r q_phi_r(z | x_r),
+
+for PoE models their one product of experts (R = 1), for MoPoE its 2^M - 1
+subset products. Below, M in the estimator reads R for those models.
 
 sampled STRATIFIED over the mixture: K draws from each component r (z from
 q_phi_r(z | x_r); every modality's private w_m from its own posterior
@@ -53,7 +59,7 @@ from mmvaeplus_jax import distributions
 from mmvaeplus_jax import objectives
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax.evaluation import api
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import base
 
 Array = jax.Array
 Params = Any
@@ -63,9 +69,9 @@ def _to_float(x):
   return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
-def joint_log_weights(model: mmvaeplus.MMVAEPlus, params: Params,
+def joint_log_weights(model: base.MultimodalVAE, params: Params,
                       batch: Mapping[str, Array],
-                      posteriors: mmvaeplus.Posteriors, eps_z: Array,
+                      posteriors: base.Posteriors, eps_z: Array,
                       eps_w: Array) -> Array:
   """Log importance weights of the joint MoE proposal (module docstring).
 
@@ -74,21 +80,23 @@ def joint_log_weights(model: mmvaeplus.MMVAEPlus, params: Params,
     params: its params.
     batch: `{name: [B, *event]}` float inputs.
     posteriors: `model.encode(params, batch)`, fields `[M, B, D]`.
-    eps_z: `[M_r, C, B, Dz]` standardised noise: stratum r's z ~ q_r(z|x_r).
-    eps_w: `[M_r, M_m, C, B, Dw]` standardised noise: the private w_m ~
+    eps_z: `[R, C, B, Dz]` standardised noise: stratum r's z from the r-th
+      component of `model.joint_components` (for MoE models q_r(z | x_r)).
+    eps_w: `[R, M_m, C, B, Dw]` standardised noise: the private w_m ~
       q_m(w | x_m) of every modality m in each draw of stratum r.
 
   Returns:
-    `[M_r, C, B]` log weights lw (beta = 1, lambda = 1).
+    `[R, C, B]` log weights lw (beta = 1, lambda = 1).
   """
   fam = model.family
   post = posteriors
-  z = post.loc_z[:, None] + post.scale_z[:, None] * eps_z  # [M_r, C, B, Dz]
+  loc_z, scale_z = model.joint_components(post)  # [R, B, Dz]
+  z = loc_z[:, None] + scale_z[:, None] * eps_z  # [R, C, B, Dz]
   w = (post.loc_w[None, :, None] + post.scale_w[None, :, None]
-       * eps_w)  # [M_r, M_m, C, B, Dw]
+       * eps_w)  # [R, M_m, C, B, Dw]
   log_pz = distributions.log_prob(fam, z, 0.0, model.prior_scale(model.dim_z))
   log_qz = objectives.moe_log_prob(objectives.mixture_component_log_probs(
-      fam, z, post.loc_z, post.scale_z))  # [M_r, C, B]
+      fam, z, loc_z, scale_z))  # [R, C, B]
   log_pw = distributions.log_prob(
       fam, w, 0.0, model.prior_scale(model.dim_w)).sum(axis=1)
   log_qw = distributions.log_prob(
@@ -103,10 +111,11 @@ def joint_log_weights(model: mmvaeplus.MMVAEPlus, params: Params,
   return log_px + log_pz + log_pw - log_qz - log_qw
 
 
-def _draw_noise(model, keys, j):
-  """Noise of draws `j [C]` for examples with keys `[B]`: eps_z, eps_w."""
+def _draw_noise(model, keys, j, r):
+  """Noise of draws `j [C]` for examples with keys `[B]` and R = `r`
+  strata: eps_z, eps_w."""
   m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
-  size = m * dz + m * m * dw
+  size = r * dz + r * m * dw
 
   def one(key, jj):
     return distributions.noise(
@@ -114,13 +123,13 @@ def _draw_noise(model, keys, j):
 
   flat = jax.vmap(lambda k: jax.vmap(lambda jj: one(k, jj))(j))(keys)
   b, c = flat.shape[:2]
-  eps_z = flat[..., :m * dz].reshape(b, c, m, dz)
-  eps_w = flat[..., m * dz:].reshape(b, c, m, m, dw)
-  return (jnp.transpose(eps_z, (2, 1, 0, 3)),  # [M_r, C, B, Dz]
-          jnp.transpose(eps_w, (2, 3, 1, 0, 4)))  # [M_r, M_m, C, B, Dw]
+  eps_z = flat[..., :r * dz].reshape(b, c, r, dz)
+  eps_w = flat[..., r * dz:].reshape(b, c, r, m, dw)
+  return (jnp.transpose(eps_z, (2, 1, 0, 3)),  # [R, C, B, Dz]
+          jnp.transpose(eps_w, (2, 3, 1, 0, 4)))  # [R, M_m, C, B, Dw]
 
 
-def log_likelihood(key, model: mmvaeplus.MMVAEPlus, params: Params,
+def log_likelihood(key, model: base.MultimodalVAE, params: Params,
                    batch: Mapping[str, Array], index: Array, *,
                    num_samples, chunk: int) -> Array:
   """Per-example estimate of log p(x_1:M) with K = `num_samples` per stratum.
@@ -144,10 +153,11 @@ def log_likelihood(key, model: mmvaeplus.MMVAEPlus, params: Params,
   post = model.encode(params, batch)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
   b = index.shape[0]
+  r = model.joint_components(post)[0].shape[0]  # strata of the proposal
 
   def body(c, acc):
     j = c * chunk + jnp.arange(chunk)
-    eps_z, eps_w = _draw_noise(model, keys, j)
+    eps_z, eps_w = _draw_noise(model, keys, j, r)
     lw = joint_log_weights(model, params, batch, post, eps_z, eps_w)
     lw = jnp.where((j < num_samples)[None, :, None], lw, -jnp.inf)
     return jnp.logaddexp(acc, jax.nn.logsumexp(lw, axis=(0, 1)))
@@ -155,11 +165,19 @@ def log_likelihood(key, model: mmvaeplus.MMVAEPlus, params: Params,
   num_chunks = (num_samples + chunk - 1) // chunk
   acc = jax.lax.fori_loop(0, num_chunks, body,
                           jnp.full((b,), -jnp.inf, jnp.float32))
-  return acc - jnp.log(jnp.float32(model.num_modalities) * num_samples)
+  return acc - jnp.log(jnp.float32(r) * num_samples)
 
 
 log_likelihood_jit = jax.jit(log_likelihood,
                              static_argnames=('model', 'chunk'))
+
+
+def _num_strata(model, params, data) -> int:
+  """R, the number of components of `model.joint_components` (shapes only)."""
+  one = {n: _to_float(jnp.asarray(data[n][:1])) for n in model.names}
+  shape = jax.eval_shape(
+      lambda p, x: model.joint_components(model.encode(p, x))[0], params, one)
+  return int(shape.shape[0])
 
 
 @api.register('likelihood')
@@ -193,5 +211,6 @@ def likelihood_metrics(ctx: api.EvalContext) -> dict:
       'likelihood/log_px_std': float(np.std(est)),
       'likelihood/num_examples': n,
       'likelihood/num_samples_per_component': k,
-      'likelihood/num_weights': k * ctx.model.num_modalities,
+      'likelihood/num_weights': k * _num_strata(ctx.model, ctx.params,
+                                                ctx.data),
   }

@@ -46,9 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import models
-from mmvaeplus_jax import objectives
 from mmvaeplus_jax import parallel
+from mmvaeplus_jax import plotting
+from mmvaeplus_jax import runs
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
@@ -57,8 +57,8 @@ from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
 from mmvaeplus_jax.evaluation import latent_classification  # registers it
 from mmvaeplus_jax.evaluation import likelihood  # registers 'likelihood'
 from mmvaeplus_jax.input import pipeline
+from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import checkpointing
-from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
 from mmvaeplus_jax.training import writers
 
@@ -81,26 +81,29 @@ def _to_float(x):
 
 
 def _per_example_bound(params, key, index, batch, *, model, num_samples,
-                       beta, cross_private):
-  """`[B]` test bound L per example; example i's noise from fold_in(key, i)."""
+                       beta, options):
+  """`[B]` test bound per example (the value of `model.objective` with its
+  default estimator); example i is evaluated alone with key fold_in(key, i)
+  (vmapped), so its value does not depend on the batch it sits in."""
   batch = {n: _to_float(batch[n]) for n in model.names}
-  noise = jax.vmap(lambda i: model.sample_noise(
-      jax.random.fold_in(key, i), num_samples, 1))(index)  # [B, ..., 1, D]
-  noise = jax.tree.map(lambda x: jnp.moveaxis(x[..., 0, :], 0, -2),
-                       noise)  # [..., K, B, D]
-  lw = objectives.log_weights(model, params, batch, noise, beta=beta,
-                              cross_private=cross_private)
-  return objectives.moe_iw_bound(lw)
+
+  def one(i, x):
+    x1 = {n: v[None] for n, v in x.items()}
+    return model.objective(jax.random.fold_in(key, i), params, x1,
+                           num_samples=num_samples, beta=beta, estimator=None,
+                           **dict(options))[0]
+
+  return jax.vmap(one)(index, batch)
 
 
 _bound_jit = jax.jit(
     _per_example_bound,
-    static_argnames=('model', 'num_samples', 'beta', 'cross_private'))
+    static_argnames=('model', 'num_samples', 'beta', 'options'))
 
 
 @api.register('bound')
 def bound_evaluator(ctx: api.EvalContext) -> dict:
-  """`eval/bound`: the mean test bound L (IWAE with K =
+  """`eval/bound`: the mean test bound (the model's bound with K =
   `evals.bound_num_samples`, the config's beta), over all of `ctx.data`.
 
   Example i's noise comes from `fold_in(key, i)` whatever the batch size or
@@ -110,7 +113,8 @@ def bound_evaluator(ctx: api.EvalContext) -> dict:
   ec, o = ctx.config.evals, ctx.config.objective
   fn = functools.partial(
       _bound_jit, model=ctx.model, num_samples=int(ec.bound_num_samples),
-      beta=float(o.beta), cross_private=o.cross_private)
+      beta=float(o.beta),
+      options=tuple(step_lib.objective_options(o, ctx.model).items()))
   n = len(ctx.data['label'])
   key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
   per_example = api.map_batches(
@@ -145,9 +149,9 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
 
 @api.register('grids')
 def grids_evaluator(ctx: api.EvalContext) -> dict:
-  """The training loop's two sample grids (`loop.write_grids`), cheap:
+  """The training loop's two sample grids (`plotting.write_sample_grids`), cheap:
   `unconditional_<step>.png` and `cross_modal_<step>.png` in `ctx.out_dir`."""
-  loop.write_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
+  plotting.write_sample_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
                    pipeline.ArraySource(ctx.data), ctx.key,
                    ctx.config.evals.grid_examples, ctx.mesh, subdir='')
   return {}
@@ -249,15 +253,6 @@ def _scalars(metrics: dict) -> dict:
           and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-@functools.lru_cache(maxsize=8)
-def _model(model_json: str):
-  """One model object per model config, so that repeated evaluations in a
-  process reuse the compiled functions (the model is a static jit argument,
-  hashed by identity)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return models.get_model(ml_collections.ConfigDict(json.loads(model_json)))
-
-
 def evaluate(config, workdir: str, step: int | None = None, *,
              devices=None) -> dict:
   """Evaluates checkpoint `step` (default: the latest) of `workdir`.
@@ -276,12 +271,11 @@ def evaluate(config, workdir: str, step: int | None = None, *,
     KeyError: `config.evals.evaluators` names an unknown evaluator (before
       anything runs).
   """
-  loop.quiet_orbax()
+  checkpointing.quiet_orbax()
   evaluators = resolve(config.evals.evaluators)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
-  model = _model(json.dumps(config.model.to_dict(), sort_keys=True))
-  tx = step_lib.make_optimizer(config.optim)
+  model = runs.model_of(config)
   eval_src = _eval_source(config.data)
   n = len(eval_src) if ec.num_examples <= 0 else min(ec.num_examples,
                                                       len(eval_src))
@@ -289,18 +283,8 @@ def evaluate(config, workdir: str, step: int | None = None, *,
 
   mesh = parallel.make_mesh(devices)
   repl = parallel.replicated(mesh)
-  example = pipeline.to_model_inputs(
-      {k: data[k][:1] for k in model.names})
-  abstract = jax.eval_shape(
-      functools.partial(step_lib.init_state, model=model, tx=tx),
-      jax.random.key(0), example)
-  manager = checkpointing.make_manager(
-      os.path.join(workdir, 'checkpoints'), read_only=True)
-  state = checkpointing.restore(
-      manager, checkpointing.abstract_with_shardings(abstract, repl), step)
-  step = int(state.step)
-  params = state.params
-  del state  # the optimiser state is not needed
+  params, step = runs.restore_params(config, model, workdir, step,
+                                     sharding=repl)
   out_dir = os.path.join(workdir, 'eval', str(step))
   os.makedirs(out_dir, exist_ok=True)
   root = jax.random.fold_in(jax.random.key(config.seed), ROOT_KEY_SALT)

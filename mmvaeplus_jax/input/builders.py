@@ -30,7 +30,6 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmvaeplus_jax.input import polymnist_data
 
 DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'datasets'
 # TFDS name -> builder module file, relative to DATASETS_DIR.

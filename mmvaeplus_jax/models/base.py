@@ -35,7 +35,11 @@ Contract (`MultimodalVAE` subclasses implement the abstract methods):
         standardised noise (`distributions.noise(model.family, ...)`).
 
 and inherits the generic pieces: `names`, `num_modalities`, `check_batch`,
-`scale`, `prior_scale`, `latent_kinds`, `uniform_from_noise`.
+`scale`, `prior_scale`, `latent_kinds`, `uniform_from_noise`, and
+`joint_components` (the joint posterior as a mixture; override for PoE).
+
+`sample_shared` and `joint_components` must accept posteriors of any number
+of modalities (the Frechet evaluator passes one modality's posteriors).
 """
 
 from __future__ import annotations
@@ -231,6 +235,17 @@ class MultimodalVAE:
   def sample_shared(self, post: Posteriors, subsets: np.ndarray,
                     eps_choice: Array, eps: Array) -> Array:
     raise NotImplementedError
+
+  # ------------------------------------------------ overridable defaults
+
+  def joint_components(self, post: Posteriors) -> tuple[Array, Array]:
+    """q(z | x_1:M) as an equal-weight mixture of R components of `family`:
+    (loc, scale) `[R, B, Dz]`. The importance-sampled log p(x) uses it as
+    its proposal, stratified over the R components. Default: the M
+    unimodal posteriors (mixture of experts, MMVAE / MMVAE+ / MMJSD); PoE
+    models return their one joint product (R = 1), MoPoE its 2^M - 1
+    subset products."""
+    return post.loc_z, post.scale_z
 
 
 def mixture_sample_shared(post: Posteriors, subsets: np.ndarray, u: Array,

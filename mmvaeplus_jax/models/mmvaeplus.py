@@ -28,10 +28,9 @@ auxiliary prior r_psi_d(w) has loc 0 (frozen) and scale map(psi_d).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -52,3 +53,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step=None):
         ' with another model, width, number of modalities or optimiser?).'
         ' Use a new --workdir, or the config that trained it.'
         f' Orbax said: {str(e)[:300]}') from None
+
+
+class _DropOrbaxInfo:
+  """absl log filter: orbax's INFO chatter (several lines per save) hidden."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def quiet_orbax():
+  """Hides orbax's INFO log lines (several per save) from absl's handler."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+    handler.addFilter(_DropOrbaxInfo())

@@ -33,14 +33,13 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from mmvaeplus_jax import generation
 from mmvaeplus_jax import models
 from mmvaeplus_jax import parallel
 from mmvaeplus_jax import plotting
+from mmvaeplus_jax import runs
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.input import pipeline
@@ -83,47 +82,6 @@ class _Sigterm:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def write_grids(out_dir, step, model, params, eval_src, key, num, mesh,
-                subdir='samples'):
-  """Unconditional and cross-modal sample grids -> PNG; returns the images.
-
-  Writes `out_dir/subdir/{unconditional,cross_modal}_<step>.png`. The cross
-  grid has one block per source: its inputs (top row), then its decodings by
-  every target (w ~ p(w)); the unconditional grid has one row per modality.
-  """
-  n = min(num, len(eval_src))
-  examples = pipeline.to_model_inputs(eval_src.read(np.arange(n)))
-  batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
-  k_u, k_c = jax.random.split(key)
-  uncond = _generate_uncond(model, params, k_u, n)
-  cross = _generate_cross(model, params, batch, k_c)
-  uncond = np.stack([np.asarray(uncond[k]) for k in model.names])  # [M, N,...]
-  cross = np.asarray(cross)  # [M_s, M_t, N, ...]
-  # Cross grid: one block per source: its inputs, then its M generations.
-  inputs = np.stack([np.asarray(examples[k]) for k in model.names])
-  blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
-  rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
-      (1 + model.num_modalities, -1) + blocks.shape[3:])
-  images = {'samples/unconditional': plotting.grid(uncond),
-            'samples/cross_modal': plotting.grid(rows)}
-  if jax.process_index() == 0:
-    for name, img in images.items():
-      plotting.save_png(
-          os.path.join(out_dir, subdir,
-                       f'{name.split("/")[1]}_{step:08d}.png'), img)
-  return images
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _generate_uncond(model, params, key, num):
-  return generation.unconditional(key, model, params, num)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _generate_cross(model, params, batch, key):
-  return generation.cross_modal(key, model, params, batch)
-
-
 def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
                    global_batch, mesh):
   """Mean test bound over the first `num_examples` (whole batches)."""
@@ -138,28 +96,16 @@ def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
   return total / (n_batches * global_batch)
 
 
-class _DropOrbaxInfo:
-  """absl log filter: orbax's INFO chatter (several lines per save) hidden."""
-
-  def filter(self, record):
-    return record.levelno >= 30 or '/orbax/' not in record.pathname
-
-
-def quiet_orbax():
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
-    handler.addFilter(_DropOrbaxInfo())
-
-
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir` (resuming if it holds checkpoints).
 
   Returns:
     The final metrics dict (also written to `workdir/metrics.json`).
   """
-  quiet_orbax()
+  checkpointing.quiet_orbax()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
+  runs.save_config(config, workdir)  # the run describes itself
   tc = config.train
   model = models.get_model(config.model)
   tx = step_lib.make_optimizer(config.optim)
@@ -204,7 +150,8 @@ def train_and_evaluate(config, workdir: str):
   o = config.objective
   eval_fn = jax.jit(functools.partial(
       step_lib.eval_step, model=model, num_samples=o.num_samples,
-      beta=o.beta, cross_private=o.cross_private))
+      beta=o.beta,
+      options=tuple(step_lib.objective_options(o, model).items())))
 
   is_main = jax.process_index() == 0
   writer = writers.create_writer(workdir, just_logging=not is_main)
@@ -226,12 +173,16 @@ def train_and_evaluate(config, workdir: str):
     metrics = jax.device_get(metrics)
     history.append(metrics)
     if metrics['train/nonfinite_consecutive'] >= tc.max_consecutive_nonfinite:
+      # Let an asynchronous save in flight finish: never a half-written
+      # checkpoint. Skipped updates keep the parameters, so every checkpoint
+      # holds the last good parameters.
+      manager.wait_until_finished()
       raise NonFiniteError(
           f'{int(metrics["train/nonfinite_consecutive"])} consecutive steps'
           f' with a non-finite loss or gradient (last at step {step_done});'
-          ' the updates were skipped and no checkpoint was written after the'
-          f' last good one in {manager.directory}. Lower optim.lr or check'
-          ' the data.')
+          ' their updates were skipped, so the checkpoints in'
+          f' {manager.directory} hold the last good parameters. Lower'
+          ' optim.lr or check the data.')
     return metrics
 
   with _Sigterm() as sigterm:
@@ -298,8 +249,9 @@ def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
       eval_fn, params, eval_src, k_bound,
       num_examples=config.train.eval_examples,
       global_batch=config.train.batch_size, mesh=mesh)
-  images = write_grids(workdir, step, model, params, eval_src, k_grid,
-                       config.train.grid_examples, mesh)
+  images = plotting.write_sample_grids(workdir, step, model, params, eval_src,
+                                       k_grid, config.train.grid_examples,
+                                       mesh)
   writer.write_scalars(step, {'eval/bound': bound})
   writer.write_images(step, images)
   return {'eval/bound': bound}

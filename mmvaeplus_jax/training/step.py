@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmvaeplus_jax import estimators
 from mmvaeplus_jax import parallel
 
 
@@ -48,14 +47,33 @@ def _images(model, batch):
   return {n: batch[n] for n in model.names}
 
 
+def objective_options(objective_cfg, model) -> dict:
+  """The model's extra objective options (`model.objective_options`) read
+  from `config.objective`.
+
+  Raises:
+    ValueError: the config lacks one of them.
+  """
+  missing = [k for k in model.objective_options if k not in objective_cfg]
+  if missing:
+    raise ValueError(
+        f'{type(model).__name__} needs config.objective keys {missing}')
+  return {k: objective_cfg[k] for k in model.objective_options}
+
+
 def train_step(state: TrainState, batch, base_key, *, model, tx,
-               num_samples: int, beta: float, estimator: str,
-               cross_private: str = 'aux'):
+               num_samples: int, beta: float, estimator: str | None,
+               options=()):
   """One optimisation step on the global batch.
 
-  The loss is -mean_b L_b (the official code sums over the batch; Adam is
-  nearly invariant to that scale, and per-example values log comparably
-  across batch sizes).
+  The loss is -mean_b L_b, with L_b the model's per-example surrogate
+  (`model.objective`: value = its bound, gradient = `estimator`'s). The
+  official code sums over the batch; Adam is nearly invariant to that
+  scale, and per-example values log comparably across batch sizes.
+
+  Args:
+    options: the model's extra objective options, as (name, value) pairs
+      (hashable, see `objective_options`).
 
   Returns:
     (new state, metrics dict of scalars).
@@ -63,9 +81,9 @@ def train_step(state: TrainState, batch, base_key, *, model, tx,
   key = jax.random.fold_in(base_key, state.step)
 
   def loss_fn(params):
-    bound = estimators.sample_objective(
-        key, model, params, _images(model, batch), num_samples=num_samples,
-        beta=beta, estimator=estimator, cross_private=cross_private)
+    bound = model.objective(
+        key, params, _images(model, batch), num_samples=num_samples,
+        beta=beta, estimator=estimator, **dict(options))
     return -jnp.mean(bound)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -94,11 +112,12 @@ def train_step(state: TrainState, batch, base_key, *, model, tx,
 
 
 def eval_step(params, batch, key, *, model, num_samples: int, beta: float,
-              cross_private: str = 'aux'):
-  """Sum of the per-example bound over the batch (divide by N at the end)."""
-  bound = estimators.sample_objective(
-      key, model, params, _images(model, batch), num_samples=num_samples,
-      beta=beta, estimator='iwae', cross_private=cross_private)
+              options=()):
+  """Sum of the per-example bound over the batch (divide by N at the end);
+  the bound is the value of the model's default estimator's surrogate."""
+  bound = model.objective(
+      key, params, _images(model, batch), num_samples=num_samples, beta=beta,
+      estimator=None, **dict(options))
   return jnp.sum(bound)
 
 
@@ -107,7 +126,8 @@ def make_train_step(config, model, tx):
   o = config.objective
   return functools.partial(
       train_step, model=model, tx=tx, num_samples=o.num_samples, beta=o.beta,
-      estimator=o.estimator, cross_private=o.cross_private)
+      estimator=model.check_estimator(o.estimator or None),
+      options=tuple(objective_options(o, model).items()))
 
 
 def jit_train_step(config, model, tx, mesh):

@@ -1,0 +1,299 @@
+"""Studies: a grid of training runs, each trained and evaluated, resumably.
+
+A study is a list of cells (one config each: model, beta, ...) times a list
+of seeds. `run_study(study, root)` visits the runs in order; run (cell,
+seed) lives in `root/<cell>/seed<seed>/`, a normal run directory
+(`train.py`'s checkpoints and config.json, `eval.py`'s eval/<step>/):
+
+* a run with `study_run.json` is finished: it is skipped, never retrained;
+* otherwise it is trained (`training.loop.train_and_evaluate`, which
+  resumes from the run's latest checkpoint: a study killed mid-run loses at
+  most `checkpoint_every_steps` steps) and evaluated
+  (`evaluation.runner.evaluate`), and `study_run.json` (its metrics, wall
+  times, commit) is written last;
+* the coherence classifiers are trained once per study, in
+  `root/classifiers`, unless the cells' configs name a
+  `evals.classifier_dir`.
+
+One progress line per run, then the table: `root/results.json` (every
+run's metrics) and `root/results.md` (mean +- std over seeds of the study's
+metrics, per cell, with the number of seeds), rewritten after every run.
+
+Command line (study definitions are Python files with `get_study(arg)`):
+
+    python -m mmvaeplus_jax.study --study=studies/polymnist_cpu.py:fig1 \
+        --root=runs/study_fig1 [--set data.manual_dir=../shared/data ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+DONE_FILE = 'study_run.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One configuration of a study (trained once per seed)."""
+
+  name: str  # a directory name: letters, digits, '_', '-', '.'
+  config: Any  # ml_collections.ConfigDict; its seed is set per run
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """Cells x seeds, and the metrics its table shows."""
+
+  name: str
+  cells: tuple[Cell, ...]
+  seeds: tuple[int, ...]
+  metrics: tuple[str, ...]  # metric keys of eval.py / train.py summaries
+  classifier_epochs: int = 10  # of the study's coherence classifiers
+
+  def __post_init__(self):
+    names = [c.name for c in self.cells]
+    if len(set(names)) != len(names):
+      raise ValueError(f'cell names must be unique, got {names}')
+    for n in names:
+      if not n or not all(ch.isalnum() or ch in '_-.' for ch in n):
+        raise ValueError(f'cell name {n!r}: use letters, digits, _ - .')
+    if not self.seeds:
+      raise ValueError('a study needs at least one seed')
+
+  def runs(self) -> list[tuple[Cell, int]]:
+    return [(c, s) for c in self.cells for s in self.seeds]
+
+
+def run_dir(root: str, cell: Cell, seed: int) -> str:
+  return os.path.join(root, cell.name, f'seed{seed}')
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+        text=True, check=True,
+        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def run_config(cell: Cell, seed: int, classifier_dir: str):
+  config = cell.config.copy_and_resolve_references()
+  config.seed = int(seed)
+  if classifier_dir and not config.evals.classifier_dir:
+    config.evals.classifier_dir = classifier_dir
+  return config
+
+
+def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
+  """The study's coherence classifiers (`root/classifiers`), trained once
+  on the first cell's data unless every cell names its own."""
+  if all(c.config.evals.classifier_dir for c in study.cells):
+    return ''
+  out = os.path.join(root, 'classifiers')
+  if os.path.exists(os.path.join(out, 'metadata.json')):
+    return out
+  from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.input import sources  # pylint: disable=g-import-not-at-top
+  config = study.cells[0].config
+  names = models.get_model(config.model).names
+  train_src, test_src = sources.load_sources(config.data)
+  train = train_src.read(np.arange(len(train_src)))
+  test = test_src.read(np.arange(len(test_src)))
+  start = time.time()
+  params, accs = classifiers.train_and_evaluate(
+      train, test, names, seed=0, epochs=study.classifier_epochs,
+      log=lambda m: None)
+  classifiers.save_classifiers(out, params, metadata={
+      'test_accuracy': accs, 'trained_by': f'study {study.name}',
+      'epochs': study.classifier_epochs,
+      'num_train': int(len(train['label'])),
+      'num_test': int(len(test['label']))})
+  log(f'classifiers: test accuracy '
+      + ', '.join(f'{n} {a:.4f}' for n, a in accs.items())
+      + f' ({time.time() - start:.0f} s) -> {out}')
+  return out
+
+
+def run_study(study: Study, root: str, *,
+              train: Callable | None = None,
+              evaluate: Callable | None = None,
+              log: Callable[[str], None] = print) -> dict:
+  """Trains and evaluates every unfinished run; returns the table dict.
+
+  Args:
+    study: the grid.
+    root: the study's directory.
+    train: `(config, workdir) -> summary` (default
+      `training.loop.train_and_evaluate`).
+    evaluate: `(config, workdir) -> metrics` (default
+      `evaluation.runner.evaluate`).
+    log: progress lines.
+  """
+  if train is None:
+    from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
+    train = loop.train_and_evaluate
+  if evaluate is None:
+    from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+    evaluate = runner.evaluate
+  root = os.path.abspath(os.path.expanduser(root))
+  os.makedirs(root, exist_ok=True)
+  clf_dir = ensure_classifiers(study, root, log=log)
+  runs = study.runs()
+  for i, (cell, seed) in enumerate(runs):
+    workdir = run_dir(root, cell, seed)
+    head = f'[{i + 1}/{len(runs)}] {cell.name} seed {seed}'
+    done = os.path.join(workdir, DONE_FILE)
+    if os.path.exists(done):
+      log(f'{head}: finished earlier, skipped')
+      continue
+    config = run_config(cell, seed, clf_dir)
+    start = time.time()
+    summary = train(config, workdir)
+    trained = time.time() - start
+    start = time.time()
+    metrics = evaluate(config, workdir)
+    evaluated = time.time() - start
+    record = {
+        'cell': cell.name, 'seed': seed, 'train_seconds': trained,
+        'eval_seconds': evaluated, 'commit': _commit(),
+        'train': {k: v for k, v in summary.items() if _is_number(v)},
+        'eval': {k: v for k, v in metrics.items() if _is_number(v)},
+    }
+    tmp = done + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(tmp, done)  # written last: the run counts as finished
+    shown = ', '.join(f'{k} {record["eval"][k]:.4g}' for k in study.metrics
+                      if k in record['eval'])
+    log(f'{head}: trained {trained:.0f} s, evaluated {evaluated:.0f} s'
+        + (f'; {shown}' if shown else ''))
+    write_table(study, root)
+  return write_table(study, root)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not (
+      isinstance(v, bool))
+
+
+def collect(study: Study, root: str) -> list[dict]:
+  """The finished runs' records, in study order."""
+  out = []
+  for cell, seed in study.runs():
+    path = os.path.join(run_dir(root, cell, seed), DONE_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f))
+  return out
+
+
+def summarise(study: Study, records: Sequence[dict]) -> dict:
+  """`{cell: {metric: (mean, std, n)}}` over the finished seeds (std with
+  ddof = 1; NaN for one seed)."""
+  table = {}
+  for cell in study.cells:
+    rows = [r for r in records if r['cell'] == cell.name]
+    table[cell.name] = {}
+    for k in study.metrics:
+      vals = [float(r['eval'].get(k, r['train'].get(k, math.nan)))
+              for r in rows]
+      vals = [v for v in vals if math.isfinite(v)]
+      if vals:
+        table[cell.name][k] = (
+            float(np.mean(vals)),
+            float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
+            len(vals))
+  return table
+
+
+def markdown(study: Study, table: dict) -> str:
+  head = '| cell | ' + ' | '.join(study.metrics) + ' |'
+  lines = [head, '|' + '---|' * (len(study.metrics) + 1)]
+  for cell in study.cells:
+    cells = []
+    for k in study.metrics:
+      if k not in table[cell.name]:
+        cells.append('–')
+        continue
+      mean, std, n = table[cell.name][k]
+      cells.append(f'{mean:.3f} ± {std:.3f} (n={n})' if n > 1 else
+                   f'{mean:.3f} (n=1)')
+    lines.append(f'| {cell.name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_table(study: Study, root: str) -> dict:
+  """Writes `root/results.json` and `root/results.md`; returns the table."""
+  records = collect(study, root)
+  table = summarise(study, records)
+  with open(os.path.join(root, 'results.json'), 'w') as f:
+    json.dump({'study': study.name, 'runs': records, 'table': table}, f,
+              indent=2, sort_keys=True)
+  with open(os.path.join(root, 'results.md'), 'w') as f:
+    f.write(f'# Study {study.name}\n\n{len(records)} of {len(study.runs())}'
+            ' runs finished; mean ± std over seeds.\n\n')
+    f.write(markdown(study, table))
+  return table
+
+
+def load_study(spec: str, overrides: Sequence[str] = ()) -> Study:
+  """`path/to/file.py[:arg]` -> its `get_study(arg)`, with `key=value`
+  overrides applied to every cell's config (e.g. data.manual_dir=...)."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'study file {path} not found')
+  mod_spec = importlib.util.spec_from_file_location('_study_def', path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  study = module.get_study(arg or None)
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set expects key=value, got {item!r}')
+    for cell in study.cells:
+      section, _, name = key.rpartition('.')
+      node = cell.config
+      for part in filter(None, section.split('.')):
+        node = node[part]
+      if name not in node:
+        raise ValueError(f'unknown config key {key!r} in --set {item!r}')
+      old = node[name]
+      node[name] = (value.lower() in ('1', 'true', 'yes')
+                    if isinstance(old, bool) else type(old)(value))
+  return study
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--study', required=True,
+                      help='study file and argument, e.g. '
+                      'studies/polymnist_cpu.py:fig1')
+  parser.add_argument('--root', required=True, help='the study directory')
+  parser.add_argument('--set', action='append', default=[],
+                      help='key=value applied to every cell config')
+  args = parser.parse_args(argv)
+  from mmvaeplus_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.configure_jax()
+  study = load_study(args.study, args.set)
+  print(f'study {study.name}: {len(study.cells)} cells x {len(study.seeds)}'
+        f' seeds -> {os.path.abspath(args.root)}', flush=True)
+  run_study(study, args.root, log=lambda m: print(m, flush=True))
+  print(open(os.path.join(args.root, 'results.md')).read())
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

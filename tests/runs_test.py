@@ -1,0 +1,82 @@
+"""A run directory describes itself: config.json, load_run, eval.py's default."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mmvaeplus_jax
+from mmvaeplus_jax import runs
+from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.configs import run as run_config
+from mmvaeplus_jax.training import checkpointing
+from mmvaeplus_jax.training import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config():
+  config = polymnist_configs.get_config('smoke')
+  config.model.num_modalities = 2
+  return config
+
+
+def test_config_round_trip_and_model_guard(tmp_path):
+  config = _config()
+  path = runs.save_config(config, str(tmp_path))
+  assert pathlib.Path(path) == tmp_path / 'config.json'
+  loaded = runs.load_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()  # tuples restored too
+  assert isinstance(loaded.evals.alpha_sweep, tuple)
+  assert run_config.get_config(str(tmp_path)).to_dict() == config.to_dict()
+  # Resuming with other training settings is fine ...
+  config.train.num_steps = 99
+  runs.save_config(config, str(tmp_path))
+  assert runs.load_config(str(tmp_path)).train.num_steps == 99
+  # ... with another model is not: the checkpoint would not fit it.
+  config.model.dim_w = 7
+  with pytest.raises(ValueError, match=r"another model config.*dim_w"):
+    runs.save_config(config, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    runs.load_config(str(tmp_path / 'nothing'))
+  with pytest.raises(ValueError, match='run.py:<workdir>'):
+    run_config.get_config('')
+
+
+def test_load_run_restores_the_checkpoint(tmp_path):
+  config = _config()
+  model = runs.model_of(config)
+  tx = step_lib.make_optimizer(config.optim)
+  example = {n: np.zeros((1, 28, 28, 3), np.float32) for n in model.names}
+  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), abstract)
+  zero = jnp.zeros((), jnp.int32)
+  state = step_lib.TrainState(
+      step=jnp.int32(5), params=params, opt_state=tx.init(params),
+      nonfinite_consecutive=zero, nonfinite_total=zero)
+  manager = checkpointing.make_manager(str(tmp_path / 'checkpoints'))
+  checkpointing.save(manager, 5, state)
+  manager.wait_until_finished()
+  runs.save_config(config, str(tmp_path))
+
+  run = mmvaeplus_jax.load_run(str(tmp_path))
+  assert run.step == 5
+  assert run.model.names == ('m0', 'm1') and run.model.dim_w == 4
+  assert run.config.to_dict() == config.to_dict()
+  got, want = jax.tree.leaves(run.params), jax.tree.leaves(params)
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_eval_py_defaults_to_the_runs_config():
+  source = (REPO / 'eval.py').read_text()
+  assert 'configs/run.py' in source and 'workdir_from_argv' in source
+  parse = runs.workdir_from_argv
+  assert parse(['eval.py', '--workdir=runs/a']) == 'runs/a'
+  assert parse(['eval.py', '--workdir', 'runs/b', '--step=3']) == 'runs/b'
+  assert parse(['eval.py', '--config=x.py']) is None

@@ -1,0 +1,108 @@
+"""The study driver: resumable run by run, finished runs never retrained."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from mmvaeplus_jax import study as study_lib
+from mmvaeplus_jax.configs import polymnist as polymnist_configs
+
+
+class Killed(Exception):
+  pass
+
+
+def _study(classifier_dir='x'):
+  cells = []
+  for name, beta in (('a', 1.0), ('b', 2.0)):
+    c = polymnist_configs.get_config('smoke')
+    c.objective.beta = beta
+    c.evals.classifier_dir = classifier_dir  # no classifier training here
+    cells.append(study_lib.Cell(name, c))
+  return study_lib.Study('tiny', tuple(cells), seeds=(0, 1),
+                         metrics=('m', 'train_only'))
+
+
+def _fakes(calls, kill_at=None):
+  def train(config, workdir):
+    calls.append(('train', os.path.basename(os.path.dirname(workdir)),
+                  config.seed))
+    if kill_at is not None and len(
+        [c for c in calls if c[0] == 'train']) == kill_at:
+      raise Killed()
+    os.makedirs(workdir, exist_ok=True)
+    return {'train_only': 10.0 * config.seed, 'not_a_number': 'x'}
+
+  def evaluate(config, workdir):
+    calls.append(('eval', os.path.basename(os.path.dirname(workdir)),
+                  config.seed))
+    return {'m': config.objective.beta + config.seed, 'skipped': {}}
+
+  return train, evaluate
+
+
+def test_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
+  study = _study()
+  calls = []
+  train, evaluate = _fakes(calls, kill_at=3)
+  with pytest.raises(Killed):  # killed while training the third run
+    study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
+                        log=lambda m: None)
+  assert [c for c in calls if c[0] == 'eval'] == [
+      ('eval', 'a', 0), ('eval', 'a', 1)]
+  partial = json.loads((tmp_path / 'results.json').read_text())
+  assert len(partial['runs']) == 2  # the table is written after every run
+
+  calls.clear()
+  lines = []
+  train, evaluate = _fakes(calls)
+  table = study_lib.run_study(study, str(tmp_path), train=train,
+                              evaluate=evaluate, log=lines.append)
+  # Only the unfinished runs were trained (the killed one again).
+  assert [c for c in calls if c[0] == 'train'] == [
+      ('train', 'b', 0), ('train', 'b', 1)]
+  assert lines[0].startswith('[1/4] a seed 0: finished earlier, skipped')
+  assert lines[2].startswith('[3/4] b seed 0: trained')
+  # mean +- std (ddof 1) over seeds, per cell; train metrics too.
+  assert table['a']['m'] == (1.5, pytest.approx(math.sqrt(0.5)), 2)
+  assert table['b']['m'][:1] == (2.5,)
+  assert table['b']['train_only'] == (5.0, pytest.approx(math.sqrt(50)), 2)
+  md = (tmp_path / 'results.md').read_text()
+  assert '4 of 4 runs finished' in md
+  assert '| a | 1.500 ± 0.707 (n=2) | 5.000 ± 7.071 (n=2) |' in md
+  record = json.loads((tmp_path / 'a' / 'seed1' / 'study_run.json')
+                      .read_text())
+  assert record['seed'] == 1 and record['eval'] == {'m': 2.0}
+  assert 'not_a_number' not in record['train']
+
+  # A third call trains nothing.
+  calls.clear()
+  study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
+                      log=lambda m: None)
+  assert calls == []
+
+
+def test_load_study_and_overrides(tmp_path):
+  path = tmp_path / 'my_study.py'
+  path.write_text(
+      'from mmvaeplus_jax import study\n'
+      'from mmvaeplus_jax.configs import polymnist\n'
+      'def get_study(arg):\n'
+      '  c = polymnist.get_config("smoke")\n'
+      '  return study.Study(arg or "s", (study.Cell("c", c),), (0,), ("m",))\n')
+  s = study_lib.load_study(f'{path}:named', ['data.manual_dir=/d',
+                                            'train.num_steps=3'])
+  assert s.name == 'named'
+  assert s.cells[0].config.data.manual_dir == '/d'
+  assert s.cells[0].config.train.num_steps == 3
+  with pytest.raises(ValueError, match='unknown config key'):
+    study_lib.load_study(str(path), ['data.nope=1'])
+  with pytest.raises(ValueError, match='unique'):
+    study_lib.Study('s', (_study().cells[0],) * 2, (0,), ())
+  with pytest.raises(FileNotFoundError):
+    study_lib.load_study(str(tmp_path / 'absent.py'))
+  assert np.isnan(study_lib.summarise(
+      _study(), [{'cell': 'a', 'eval': {'m': 1.0}, 'train': {}}])['a']['m'][1])
