@@ -321,3 +321,25 @@ def test_short_training_run_decreases_the_loss(kind, images):
   assert np.all(np.isfinite(losses)), losses
   first, last = losses[:5].mean(), losses[-5:].mean()
   assert last < first - 0.1 * abs(first), (kind, first, last)
+
+
+def test_k_samples_average_the_reconstruction_term(images):
+  """With K samples the ELBO's expectation is the K-sample mean: the K = 2
+  bound is the mean of the two K = 1 bounds on the noise's slices (same
+  analytic KL). Tolerance: one extra float32 mean over values of size
+  sum |t| (as _check)."""
+  model, batch, params, _ = _setup('mmjsd', images)
+  noise = jax.tree.map(np.asarray,
+                       model.sample_noise(jax.random.key(9), 2, B))
+  f = jax.jit(functools.partial(model.bound, beta=BETA))
+  k_axis = {'choice': 0, 'z': 0, 'w': 1}
+  halves = [f(params, batch, {n: np.take(v, [i], axis=k_axis[n])
+                              for n, v in noise.items()}) for i in (0, 1)]
+  two = f(params, batch, noise)
+  want = (np.float64(halves[0]) + np.float64(halves[1])) / 2
+  np.testing.assert_array_less(np.abs(np.float64(two) - want),
+                               64 * U32 * np.abs(want))
+  assert np.all(np.abs(np.float64(halves[0]) - np.float64(halves[1]))
+                > 64 * U32 * np.abs(want))  # the two samples differ
+  with pytest.raises(ValueError, match="supports estimators \\('elbo',\\)"):
+    model.objective(jax.random.key(0), params, batch, estimator='iwae')
