@@ -68,8 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict(dict(
       num_samples=1,  # K
       beta=2.5,
-      estimator='iwae',  # 'iwae' (what the official code trains with), 'dreg', 'dreg_mmvae'
+      # MMVAE+ / MMVAE: 'iwae' (what the official code trains with), 'dreg',
+      # 'dreg_mmvae'; MVAE, MoPoE, MMJSD, DMVAE: 'elbo'.
+      estimator='iwae',
       cross_private='aux',  # 'aux' (MMVAE+) or 'posterior' (MMVAE_f ablation)
+      # MVAE only: random subsets of sizes 2..M-1 whose ELBOs join the joint
+      # and unimodal ones at each step (0 = none; Wu & Goodman's sub-sampling).
+      mvae_subsets=0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=True,

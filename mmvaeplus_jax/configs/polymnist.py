@@ -1,4 +1,4 @@
-"""PolyMNIST MMVAE+ configs.
+"""PolyMNIST configs: MMVAE+ and the baselines it is compared with.
 
 Usage: `python train.py --config=mmvaeplus_jax/configs/polymnist.py:VARIANT`
 with VARIANT one of
@@ -17,18 +17,79 @@ with VARIANT one of
   `beta=...` (paper grid {0.5, 1, 2.5, 5}), estimator `dreg` (our unbiased
   DReG; the official code trained this recipe with the IWAE gradient, use
   `estimator=iwae` to reproduce it), batch 128.
-* `smoke`: a few steps of a tiny model for tests and CI.
+* `paper_grid`: the paper's settings (App. D, Sec. 4.1) for the model that
+  `model=` names, one point of its beta grid per run (`beta=`; default 1):
+  - `mmvaeplus`: shared + private = 64 dims, split by `dim_w=` (default
+    32 / 32, Sec. 4.1.1; Fig. 3 / Fig. 11 centre vary dim_w with
+    dim_z = 64 - dim_w), Laplace, K = 10, DReG, lr 1e-3, 50 epochs,
+    beta in {0.5, 1, 2.5, 5};
+  - `mmvae`: one 64-dim shared latent, otherwise as MMVAE+;
+  - `mvae`, `mopoe`: 512-dim shared latent, Gaussian posteriors and
+    N(0, I) prior, Laplace likelihoods, ELBO (K = 1), lr 5e-4, 500 epochs
+    (Daunhawer et al. 2022), beta in {0.03, 0.3, 1, 3};
+  - `mmjsd`: shared 32, private `dim_w=` (Fig. 2: 4..32; default 32),
+    Gaussian, ELBO, lr 1e-3 (its authors'), 50 epochs, beta as Fig. 2;
+  - `dmvae`: not run on PolyMNIST in the paper (App. F uses MNIST-SVHN):
+    shared 32, private `dim_w=` (default 32), Gaussian, ELBO, lr 1e-3,
+    50 epochs.
+  Adam keeps amsgrad (the official MMVAE+ optimiser) for every model;
+  batch 128; data `rebuilt`.
+* `smoke`: a few steps of a tiny model for tests and CI (any `model=`).
 
-Extra `key=value` pairs after the variant: `beta`, `estimator`, `data`
-(e.g. `polymnist.py:paper_dreg,beta=5,estimator=iwae,data=rebuilt`).
+Extra `key=value` pairs after the variant: `model` (mmvaeplus (default),
+mmvae, mvae, mopoe, mmjsd, dmvae: sets `model.name`, and with any variant
+the settings the model needs: no private latent for mmvae / mvae / mopoe,
+Gaussian family and estimator `elbo` for the four Gaussian baselines),
+`dim_w`, `beta`, `estimator`, `data` (e.g.
+`polymnist.py:paper_grid,model=mopoe,beta=0.3,data=rebuilt`).
 """
 
 from mmvaeplus_jax.configs import common
 
+MODELS = ('mmvaeplus', 'mmvae', 'mvae', 'mopoe', 'mmjsd', 'dmvae')
+GAUSSIAN = ('mvae', 'mopoe', 'mmjsd', 'dmvae')  # Gaussian posteriors, ELBO
+NO_PRIVATE = ('mmvae', 'mvae', 'mopoe')  # one shared latent only
+
+
+def _set_model(c, model):
+  """What `model` needs whatever the variant: its name, no private latent
+  where it has none, Gaussian family and the 'elbo' estimator."""
+  c.model.name = f'polymnist_{model}'
+  if model in NO_PRIVATE:
+    c.model.dim_w = 0
+  if model in GAUSSIAN:
+    c.model.family = 'normal'
+    c.objective.estimator = 'elbo'
+
+
+def _paper_grid(c, model, dim_w):
+  """The paper's settings for `model` (module docstring, `paper_grid`)."""
+  c.data.config = 'rebuilt'
+  c.train.update(batch_size=128)
+  c.objective.beta = 1.0
+  if model in ('mmvaeplus', 'mmvae'):
+    dw = (32 if dim_w < 0 else dim_w) if model == 'mmvaeplus' else 0
+    c.model.update(dim_w=dw, dim_z=64 - dw, family='laplace')
+    c.objective.update(num_samples=10, estimator='dreg')
+    c.optim.lr = 1e-3
+    c.train.num_epochs = 50
+  elif model in ('mvae', 'mopoe'):
+    c.model.update(dim_w=0, dim_z=512)
+    c.objective.num_samples = 1
+    c.optim.lr = 5e-4
+    c.train.num_epochs = 500
+  else:  # mmjsd, dmvae
+    c.model.update(dim_w=32 if dim_w < 0 else dim_w, dim_z=32)
+    c.objective.num_samples = 1
+    c.optim.lr = 1e-3
+    c.train.num_epochs = 50
+
 
 def get_config(arg=None):
   a = common.parse_arg(arg, variant='demo', beta=-1.0, estimator='',
-                       data='')
+                       data='', model='mmvaeplus', dim_w=-1)
+  if a.model not in MODELS:
+    raise ValueError(f'unknown model {a.model!r}: use one of {MODELS}')
   c = common.base_config()
   if a.variant == 'demo':
     # A demo that learns digits in a few minutes on 2 CPU cores. The recipe
@@ -83,10 +144,15 @@ def get_config(arg=None):
                    likelihood_num_examples=16, likelihood_num_samples=8,
                    likelihood_chunk=4, likelihood_batch_size=8,
                    grid_examples=4)
+  elif a.variant == 'paper_grid':
+    _paper_grid(c, a.model, a.dim_w)
   else:
     raise ValueError(
         f'unknown polymnist variant {a.variant!r}: use demo, official2024,'
-        ' paper_dreg or smoke')
+        ' paper_dreg, paper_grid or smoke')
+  if a.dim_w >= 0:
+    c.model.dim_w = a.dim_w
+  _set_model(c, a.model)
   if a.beta >= 0:
     c.objective.beta = a.beta
   if a.estimator:

@@ -45,7 +45,7 @@ of modalities (the Frechet evaluator passes one modality's posteriors).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax
 import flax.linen as nn
@@ -131,7 +131,9 @@ class MultimodalVAE:
   # Estimators `objective` accepts, the default first.
   estimators = ('iwae',)
   # Extra keyword options of `objective` (names in `config.objective`).
-  objective_options: tuple[str, ...] = ()
+  # A ClassVar, not a dataclass field: as a field, its default () was what
+  # every instance held, whatever a subclass assigned.
+  objective_options: ClassVar[tuple[str, ...]] = ()
 
   def __post_init__(self):
     if not self.modalities:

@@ -296,6 +296,27 @@ def make_mmvaeplus(
       on GPU/TPU XLA's own), 0 = XLA's own, n > 0 = slices of n rows. Same
       values; gradients equal up to float32 reassociation.
   """
+  mods = make_modalities(
+      num_modalities=num_modalities, names=names, dim_w=dim_w, dim_z=dim_z,
+      width=width, likelihood_scale=likelihood_scale,
+      compute_dtype=compute_dtype, conv_wgrad_chunk=conv_wgrad_chunk)
+  return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
+                             remat=remat, vmap_modalities=vmap_modalities)
+
+
+def make_modalities(
+    *,
+    num_modalities: int = 5,
+    names: Sequence[str] | str | None = None,
+    dim_w: int = 32,
+    dim_z: int = 32,
+    width: float = 1.0,
+    likelihood_scale: float = LIKELIHOOD_SCALE,
+    compute_dtype: str = 'float32',
+    conv_wgrad_chunk: int = -1,
+) -> tuple[mmvaeplus.Modality, ...]:
+  """The PolyMNIST modalities (Encoder, Decoder, Laplace likelihood) that
+  every model here shares (arguments as `make_mmvaeplus`)."""
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
@@ -303,7 +324,7 @@ def make_mmvaeplus(
   names = modality_names(num_modalities, names)
   chunk = conv_lib.resolve_wgrad_chunk(conv_wgrad_chunk)
   ll = functools.partial(image_log_likelihood, scale=likelihood_scale)
-  mods = tuple(
+  return tuple(
       mmvaeplus.Modality(
           name=name,
           encoder=Encoder(dim_w, dim_z, width, dtype, chunk),
@@ -313,5 +334,37 @@ def make_mmvaeplus(
       )
       for name in names
   )
-  return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
-                             remat=remat, vmap_modalities=vmap_modalities)
+
+
+def make_gaussian_model(
+    kind: str,
+    *,
+    dim_w: int = 0,
+    dim_z: int = 32,
+    remat: bool = False,
+    vmap_modalities: bool = False,
+    **modality_kwargs,
+):
+  """A Gaussian-posterior baseline on the PolyMNIST networks.
+
+  Args:
+    kind: 'mvae', 'mopoe', 'mmjsd' or 'dmvae' (`models/{kind}.py`).
+    dim_w: private latent size (MVAE and MoPoE: 0).
+    dim_z: shared latent size.
+    remat, vmap_modalities: as `make_mmvaeplus`.
+    **modality_kwargs: `make_modalities` arguments (num_modalities, names,
+      width, likelihood_scale, compute_dtype, conv_wgrad_chunk).
+  """
+  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.models import dmvae
+  from mmvaeplus_jax.models import mmjsd
+  from mmvaeplus_jax.models import mopoe
+  from mmvaeplus_jax.models import mvae
+  # pylint: enable=g-import-not-at-top
+  classes = {'mvae': mvae.MVAE, 'mopoe': mopoe.MoPoE, 'mmjsd': mmjsd.MMJSD,
+             'dmvae': dmvae.DMVAE}
+  if kind not in classes:
+    raise ValueError(f'kind must be one of {sorted(classes)}, got {kind!r}')
+  mods = make_modalities(dim_w=dim_w, dim_z=dim_z, **modality_kwargs)
+  return classes[kind](mods, dim_w=dim_w, dim_z=dim_z, family='normal',
+                       remat=remat, vmap_modalities=vmap_modalities)

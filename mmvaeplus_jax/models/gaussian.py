@@ -1,0 +1,160 @@
+"""Base of the Gaussian-posterior baselines (MVAE, MoPoE-VAE, MMJSD, DMVAE).
+
+These models reuse `MMVAEPlus`'s networks, parameters (minus the auxiliary
+priors), `init`, `encode` and `decode`; what differs is
+
+* the scale map: the encoders' raw scale head is a LOG-VARIANCE,
+  sigma = exp(raw / 2), and the fixed priors are N(0, I) (`prior_scale` =
+  `scale(0)` = 1), as in the official MVAE / MoPoE / MMJSD code and MultiVae
+  (`poe` on `log_covariance`). `eta` is not used. (MMVAE+'s 'normal' family
+  uses softplus(raw) with prior scale 0.693 instead; official quirk 3.)
+* the objective: an ELBO with analytic Gaussian KL terms and a K-sample
+  Monte Carlo average of the reconstruction term (estimator 'elbo', the
+  plain reparameterised gradient); each model writes it over noise drawn
+  by its `sample_noise`, so tests can evaluate it on fixed samples;
+* `sample_shared`: each model's posterior of a subset.
+
+Likelihoods are the modalities' own (PolyMNIST: Laplace, scale 0.75; paper
+App. D: "Laplace likelihoods and Gaussian priors and posteriors").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmvaeplus_jax import aggregation
+from mmvaeplus_jax.models import base
+from mmvaeplus_jax.models import mmvaeplus
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
+  """Gaussian posteriors with log-variance heads, N(0, I) priors.
+
+  Subclasses implement `sample_noise(key, num_samples, batch_size,
+  **options) -> dict`, `bound(params, batch, noise, *, beta, **options) ->
+  [B]` and `prior_expert(subsets) -> [S] bool`.
+  """
+
+  family: str = 'normal'
+  estimators = ('elbo',)
+  objective_options = ()
+  # Whether the model has private latents (MVAE and MoPoE here: no).
+  allows_private = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.family != 'normal':
+      raise ValueError(
+          f'{type(self).__name__} has Gaussian posteriors and priors: family'
+          f' must be \'normal\', got {self.family!r}')
+    if self.dim_w > 0 and not self.allows_private:
+      raise ValueError(
+          f'{type(self).__name__} has no private latents: dim_w must be 0,'
+          f' got {self.dim_w}')
+
+  # ------------------------------------------------------------ interface
+
+  def scale(self, raw):
+    """sigma = exp(raw / 2): `raw` is a log-variance (prior: raw = 0)."""
+    return jnp.exp(0.5 * raw)
+
+  def init(self, key, batch):
+    """`MMVAEPlus.init` without the auxiliary priors (unused here)."""
+    params = super().init(key, batch)
+    del params['aux_prior']
+    return params
+
+  def objective(self, key, params, batch, *, num_samples: int = 1, beta=1.0,
+                estimator=None, **options):
+    """The model's ELBO (`bound`) on noise drawn from `key`: `[B]`."""
+    self.check_estimator(estimator)
+    b = self.check_batch(batch)
+    noise = self.sample_noise(key, num_samples, b, **options)
+    return self.bound(params, batch, noise, beta=beta, **options)
+
+  def prior_expert(self, subsets) -> np.ndarray:
+    """`[S]` bool: whether q(z | x_S) includes the prior expert."""
+    raise NotImplementedError
+
+  def subset_posterior(self, post: base.Posteriors, subsets):
+    """The model's q(z | x_S): loc, scale `[S, B, Dz]` (`gaussian_poe`)."""
+    return aggregation.gaussian_poe(
+        post.loc_z, post.scale_z, subsets,
+        prior_scale=self.prior_scale(self.dim_z),
+        prior_expert=self.prior_expert(subsets))
+
+  def sample_shared(self, post: base.Posteriors, subsets, eps_choice, eps):
+    """z ~ q(z | x_S), the model's product of experts: `[S, B, Dz]`."""
+    del eps_choice  # a product has one component
+    loc, scale = self.subset_posterior(post, np.asarray(subsets, bool))
+    return loc + scale * eps
+
+  # ---------------------------------------------------------------- pieces
+
+  def check_num_samples(self, num_samples) -> int:
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+      raise ValueError(
+          f'num_samples (K) must be an integer >= 1, got {num_samples!r}')
+    return int(num_samples)
+
+  def normal(self, key, shape):
+    return jax.random.normal(key, shape, jnp.float32)
+
+  def log_likelihood(self, params, batch, name: str, u):
+    """lambda_d log p_theta_d(x_d | u) for one modality d.
+
+    Args:
+      params: model params.
+      batch: `{name: [B, *event]}`.
+      name: the modality d.
+      u: `[*S, B, Dw + Dz]` latents (any sample axes S before B).
+
+    Returns:
+      `[*S, B]`.
+    """
+    mod = self.modalities[self.names.index(name)]
+
+    def one(p, ui, x):  # ui [*S, B, D] -> [*S, B]
+      # B as the major axis when flattening (see MMVAEPlus).
+      ub = jnp.moveaxis(ui, -2, 0)  # [B, *S, D]
+      out = mod.decoder.apply({'params': p}, ub.reshape((-1, ub.shape[-1])))
+      out = out.reshape(ub.shape[:-1] + out.shape[1:])  # [B, *S, *event]
+      out = jnp.moveaxis(out, 0, ui.ndim - 2)  # [*S, B, *event]
+      return mod.log_likelihood(x, out)
+
+    if self.remat:
+      one = mmvaeplus._remat_over_last_sample_axis(one)  # pylint: disable=protected-access
+    return mod.likelihood_scale * one(params['decoders'][name], u,
+                                      batch[name])
+
+  def private_kl(self, post: base.Posteriors):
+    """sum_d KL(q_d(w_d | x_d) || p(w)): `[B]` (0 without private latents)."""
+    if self.dim_w == 0:
+      return jnp.zeros(post.loc_z.shape[1], post.loc_z.dtype)
+    kl = aggregation.gaussian_kl(post.loc_w, post.scale_w, 0.0,
+                                 self.prior_scale(self.dim_w))  # [M, B]
+    return jnp.sum(kl, axis=0)
+
+
+def choose(u, num: int):
+  """Index floor(u num) in 0 .. num - 1 from U(0, 1) values `u`."""
+  return jnp.clip(jnp.floor(u * num).astype(jnp.int32), 0, num - 1)
+
+
+def gather_components(loc, scale, idx):
+  """loc[idx[k, b], b]: component parameters chosen per sample.
+
+  Args:
+    loc, scale: `[C, B, D]`.
+    idx: `[K, B]` int component per sample.
+
+  Returns:
+    (loc `[K, B, D]`, scale `[K, B, D]`).
+  """
+  cols = jnp.arange(idx.shape[1])[None, :]
+  return loc[idx, cols], scale[idx, cols]
