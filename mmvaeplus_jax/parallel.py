@@ -55,6 +55,16 @@ def replicate(mesh, tree):
       tree)
 
 
+def replicate_key(mesh, key):
+  """A typed PRNG key as a replicated global array: `jax.device_put` cannot
+  place a host value on a multi-process mesh's non-addressable devices, so
+  the key data goes through `replicate` (every process passes the same
+  key)."""
+  return jax.random.wrap_key_data(
+      replicate(mesh, np.asarray(jax.random.key_data(key))),
+      impl=jax.random.key_impl(key))
+
+
 def configure_jax(cache_dir: str | None = None) -> None:
   """Process-wide JAX settings used by the training and evaluation shells.
 

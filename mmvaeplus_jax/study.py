@@ -122,7 +122,7 @@ def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
       'epochs': study.classifier_epochs,
       'num_train': int(len(train['label'])),
       'num_test': int(len(test['label']))})
-  log(f'classifiers: test accuracy '
+  log('classifiers: test accuracy '
       + ', '.join(f'{n} {a:.4f}' for n, a in accs.items())
       + f' ({time.time() - start:.0f} s) -> {out}')
   return out

@@ -106,3 +106,39 @@ def test_load_study_and_overrides(tmp_path):
     study_lib.load_study(str(tmp_path / 'absent.py'))
   assert np.isnan(study_lib.summarise(
       _study(), [{'cell': 'a', 'eval': {'m': 1.0}, 'train': {}}])['a']['m'][1])
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
+  """studies/polymnist_cpu.py:tiny (MMVAE+ and MMVAE, 2 seeds, 4 steps on
+  `mini`) with real training and evaluation, killed after its second run
+  and resumed: finished runs are not retrained, the table has every cell."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
+  spec = str(pathlib.Path(__file__).resolve().parents[1]
+             / 'studies' / 'polymnist_cpu.py') + ':tiny'
+  study = study_lib.load_study(spec, [f'data.data_dir={data_dir}'])
+  assert [c.name for c in study.cells] == ['mmvaeplus', 'mmvae']
+  trained = []
+
+  def train(config, workdir):
+    trained.append(workdir)
+    if len(trained) == 3:
+      raise Killed()
+    return loop.train_and_evaluate(config, workdir)
+
+  with pytest.raises(Killed):
+    study_lib.run_study(study, str(tmp_path), train=train,
+                        evaluate=runner.evaluate, log=lambda m: None)
+  trained.clear()
+  table = study_lib.run_study(study, str(tmp_path), train=train,
+                              evaluate=runner.evaluate, log=lambda m: None)
+  assert [os.path.relpath(w, tmp_path) for w in trained] == [
+      os.path.join('mmvae', 'seed0'), os.path.join('mmvae', 'seed1')]
+  for cell in ('mmvaeplus', 'mmvae'):
+    mean, _, n = table[cell]['coherence/cond/mean']
+    assert n == 2 and 0.0 <= mean <= 1.0
+    assert math.isfinite(table[cell]['eval/bound'][0])
+  assert (tmp_path / 'classifiers').is_dir()  # trained once for the study
+  assert 'mmvaeplus' in (tmp_path / 'results.md').read_text()

@@ -138,10 +138,17 @@ def _cond_decode(enc_params, dec_params, key, e, d, x_source, index, *,
   loc_w, raw_w, loc_z, raw_z = encoder.apply({'params': enc_params}, x_source)
   eps = _example_noise(model.family, key, index, m * dz + m * dw + m * m * dw)
   # z ~ q(z | x_e): the model's posterior given this one modality
-  # (`sample_shared` over the one-member subset of these posteriors).
-  post = base.Posteriors(loc_w[None], model.scale(raw_w)[None],
-                         loc_z[None], model.scale(raw_z)[None])
-  z = model.sample_shared(post, np.ones((1, 1), bool),
+  # (`sample_shared` over a one-member subset). The source's posteriors go
+  # in slot 0 of an M-stack whose other slots the mask leaves out: the
+  # subset stays a proper one (as it is for the model; MoPoE, e.g., adds
+  # the prior expert to the full set only), and e may stay traced.
+  def stack(x, fill):
+    return jnp.concatenate(
+        [x[None], jnp.full((m - 1,) + x.shape, fill, x.dtype)])
+
+  post = base.Posteriors(stack(loc_w, 0.0), stack(model.scale(raw_w), 1.0),
+                         stack(loc_z, 0.0), stack(model.scale(raw_z), 1.0))
+  z = model.sample_shared(post, np.arange(m)[None] == 0,
                           jnp.zeros((1, x_source.shape[0])),
                           _slice(eps, e * dz, dz)[None])[0]
   w_post = loc_w + model.scale(raw_w) * _slice(eps, m * dz + e * dw, dw)
@@ -225,11 +232,11 @@ def frechet_metrics(
                10**12, drop_last_partial_batch)
   if n < 2 or n_u < 2:
     raise ValueError(f'{p}: need at least 2 images per set, got {n}, {n_u}')
-  repl = parallel.replicated(mesh)
   k_u, k_c = (jax.random.fold_in(ctx.key, i) for i in range(2))
-  k_u, k_c, alpha = jax.device_put(
-      (k_u, k_c, jnp.float32(alpha)), repl)
-  idx = {n: jax.device_put(jnp.int32(i), repl) for i, n in enumerate(names)}
+  k_u, k_c = (parallel.replicate_key(mesh, k) for k in (k_u, k_c))
+  alpha = parallel.replicate(mesh, np.float32(alpha))
+  idx = {n: parallel.replicate(mesh, np.int32(i))
+         for i, n in enumerate(names)}
   mods = dict(zip(names, model.modalities))
   run = functools.partial(api.map_batches, mesh=mesh, batch_size=batch_size,
                           microbatch=microbatch)
@@ -327,7 +334,7 @@ def fid_metrics(ctx: api.EvalContext) -> dict:
   except fid.InceptionWeightsError as e:
     return api.skip('fid', str(e))
   digest = fid.file_sha256(path)
-  variables = jax.device_put(variables, parallel.replicated(ctx.mesh))
+  variables = parallel.replicate(ctx.mesh, variables)
   net = FeatureNet(
       prefix='fid', apply=_inception_apply,
       params={n: variables for n in ctx.model.names},

@@ -98,7 +98,7 @@ def latents(key, model: base.MultimodalVAE, params: Params,
   if mesh is None:
     mesh = parallel.make_mesh(jax.devices()[:1])
   n = len(data[model.names[0]])
-  key = jax.device_put(key, parallel.replicated(mesh))
+  key = parallel.replicate_key(mesh, key)
   w, z = api.map_batches(
       functools.partial(_latents_jit, model=model), mesh, n,
       batch_size=batch_size, inputs={k: data[k] for k in model.names},

@@ -198,7 +198,7 @@ def likelihood_metrics(ctx: api.EvalContext) -> dict:
                      f' be >= 1, got {k}, {chunk}')
   fn = functools.partial(log_likelihood_jit, model=ctx.model, num_samples=k,
                          chunk=min(chunk, k))
-  key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
+  key = parallel.replicate_key(ctx.mesh, ctx.key)
   est = api.map_batches(
       lambda params, key, index, batch: fn(key, params=params, batch=batch,
                                            index=index),

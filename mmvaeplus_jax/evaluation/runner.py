@@ -116,7 +116,7 @@ def bound_evaluator(ctx: api.EvalContext) -> dict:
       beta=float(o.beta),
       options=tuple(step_lib.objective_options(o, ctx.model).items()))
   n = len(ctx.data['label'])
-  key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
+  key = parallel.replicate_key(ctx.mesh, ctx.key)
   per_example = api.map_batches(
       fn, ctx.mesh, n, batch_size=ec.batch_size,
       inputs={m: ctx.data[m] for m in ctx.model.names},
@@ -134,7 +134,7 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
         ' by `python -m mmvaeplus_jax.evaluation.classifiers`'))
   ec = ctx.config.evals
   clf_params, meta = ctx.classifiers
-  key = jax.device_put(ctx.key, parallel.replicated(ctx.mesh))
+  key = parallel.replicate_key(ctx.mesh, ctx.key)
   evaluator = coherence.CoherenceEvaluator(
       ctx.model, classifiers.classify, clf_params, ctx.data, key=key,
       batch_size=ec.batch_size, num_unconditional=ec.num_unconditional,
@@ -293,7 +293,7 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   if ec.classifier_dir:
     clf_params, meta = classifiers.load_classifiers(
         ec.classifier_dir, model.names)
-    clfs = (jax.device_put(clf_params, repl), meta)
+    clfs = (parallel.replicate(mesh, clf_params), meta)
 
   metrics: dict = {'step': step, 'num_examples': n}
   skipped: dict[str, str] = {}

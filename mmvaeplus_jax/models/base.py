@@ -38,8 +38,8 @@ and inherits the generic pieces: `names`, `num_modalities`, `check_batch`,
 `scale`, `prior_scale`, `latent_kinds`, `uniform_from_noise`, and
 `joint_components` (the joint posterior as a mixture; override for PoE).
 
-`sample_shared` and `joint_components` must accept posteriors of any number
-of modalities (the Frechet evaluator passes one modality's posteriors).
+`sample_shared` receives posteriors stacked over all M modalities (entries
+outside the subsets are never used).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
   def init(self, key, batch):
     """`MMVAEPlus.init` without the auxiliary priors (unused here)."""
     params = super().init(key, batch)
-    del params['aux_prior']
+    params.pop('aux_prior', None)
     return params
 
   def objective(self, key, params, batch, *, num_samples: int = 1, beta=1.0,
@@ -93,6 +93,11 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     del eps_choice  # a product has one component
     loc, scale = self.subset_posterior(post, np.asarray(subsets, bool))
     return loc + scale * eps
+
+  def joint_components(self, post: base.Posteriors):
+    """q(z | x_1:M) as one component: the product of all experts."""
+    return self.subset_posterior(
+        post, np.ones((1, post.loc_z.shape[0]), bool))
 
   # ---------------------------------------------------------------- pieces
 

@@ -44,6 +44,10 @@ class MMJSD(gaussian.GaussianMultimodalVAE):
     return base.mixture_sample_shared(
         post, subsets, self.uniform_from_noise(eps_choice), eps)
 
+  def joint_components(self, post):
+    """q(z | x_1:M) = the MoE of the unimodal posteriors (M components)."""
+    return post.loc_z, post.scale_z
+
   def sample_noise(self, key, num_samples: int, batch_size: int):
     """{'choice': [K, B], 'z': [K, B, Dz], 'w': [M, K, B, Dw]}."""
     k = self.check_num_samples(num_samples)

@@ -6,7 +6,7 @@ A model is a frozen, hashable description (safe as a static argument under
     params = {
       'encoders':  {name: encoder params},
       'decoders':  {name: decoder params},
-      'aux_prior': {name: [Dw] scale logits psi_d (init 0)},
+      'aux_prior': {name: [Dw] scale logits psi_d (init 0)},  # if Dw > 0
     }
 
 Any per-modality networks can be plugged in as long as they follow two small
@@ -148,8 +148,11 @@ class MMVAEPlus(base.MultimodalVAE):
         name = self.modalities[i].name
         params['encoders'][name] = jax.tree.map(lambda t: t[j], enc_p)
         params['decoders'][name] = jax.tree.map(lambda t: t[j], dec_p)
-    for mod in self.modalities:
-      params['aux_prior'][mod.name] = jnp.zeros((self.dim_w,), jnp.float32)
+    if self.dim_w > 0:
+      for mod in self.modalities:
+        params['aux_prior'][mod.name] = jnp.zeros((self.dim_w,), jnp.float32)
+    else:  # no private latent (MMVAE): no auxiliary priors (and no
+      del params['aux_prior']  # zero-size arrays, which orbax cannot save)
     # Same key order as the modalities, whatever the grouping.
     return {g: {n: params[g][n] for n in self.names} for g in params}
 
@@ -157,6 +160,8 @@ class MMVAEPlus(base.MultimodalVAE):
 
   def aux_prior_scale(self, params) -> Array:
     """`[M, Dw]` scales of the learned auxiliary priors r_psi_d."""
+    if self.dim_w == 0:
+      return jnp.zeros((self.num_modalities, 0), jnp.float32)
     psi = jnp.stack([params['aux_prior'][n] for n in self.names])
     return self.scale(psi)
 

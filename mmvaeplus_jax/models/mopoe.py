@@ -43,6 +43,11 @@ class MoPoE(gaussian.GaussianMultimodalVAE):
     """Only the full set includes the prior expert (official code)."""
     return np.asarray(subsets, bool).all(axis=1)
 
+  def joint_components(self, post):
+    """q(z | x_1:M): the 2^M - 1 subset products, equally weighted."""
+    return self.subset_posterior(
+        post, aggregation.all_subsets(post.loc_z.shape[0]))
+
   def sample_noise(self, key, num_samples: int, batch_size: int):
     """{'choice': [K, B] U(0, 1) picking the subset, 'z': [K, B, Dz]}."""
     k = self.check_num_samples(num_samples)

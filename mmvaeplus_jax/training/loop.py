@@ -298,8 +298,7 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
   clf_params = parallel.replicate(mesh, jax.device_get(clf_params))
   # The key as a replicated global array (a multi-process mesh is not
   # addressable by device_put).
-  key = jax.random.wrap_key_data(parallel.replicate(
-      mesh, np.asarray(jax.random.key_data(key))))
+  key = parallel.replicate_key(mesh, key)
   result = coherence.conditional_coherence(
       key, model, params, classifiers.classify, clf_params, test,
       batch_size=config.evals.batch_size, mesh=mesh)

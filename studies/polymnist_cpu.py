@@ -1,0 +1,91 @@
+"""The paper's PolyMNIST comparisons at CPU scale (study definitions).
+
+    python -m mmvaeplus_jax.study --study=studies/polymnist_cpu.py:fig1 \
+        --root=runs/study_fig1 --set data.manual_dir=../shared/data
+
+Studies (`get_study(arg)`, arg = 'NAME[,steps=N,seeds=S,width=W]'):
+
+* `fig1` (Fig. 1 / Fig. 11 analogue): MVAE, MMVAE, MoPoE-VAE and MMVAE+ at
+  two beta values each from the paper's grids (MVAE / MoPoE {0.3, 1},
+  MMVAE / MMVAE+ {1, 2.5});
+* `fig2` (Fig. 2 analogue): MMJSD with private subspaces of 4, 16 and 32
+  dimensions (shared 32) against MMVAE+ (private 32, shared 32);
+* `tiny`: MMVAE+ and MMVAE, 2 seeds, a few steps on the offline `mini`
+  data (the driver's test and a quick try).
+
+The CPU recipe, the same for every model where it applies (stated in
+docs/results.md next to the numbers): data `rebuilt` (set
+`data.manual_dir`; m1's background is a substitute scan, see
+../shared/data/PROVENANCE.md), all five modalities, channel width
+`width` (default 1/8), K = 1 with each model's own default estimator
+(MMVAE / MMVAE+: IWAE gradient = ELBO gradient at K = 1), batch 32,
+`steps` optimisation steps for every model (default 3,000), lr 1e-3 (the
+paper's 5e-4 for MVAE / MoPoE would leave them further from convergence
+at equal steps: one lr for all), the paper's latent sizes (64 for MMVAE /
+MMVAE+, 512 for MVAE / MoPoE, 32 + private for MMJSD), seeds 0, 1, 2.
+"""
+
+from mmvaeplus_jax import study
+from mmvaeplus_jax.configs import common
+from mmvaeplus_jax.configs import polymnist
+
+METRICS = (
+    'coherence/cond/mean', 'coherence/uncond', 'fd_clf/cond/mean/with_self',
+    'fd_clf/uncond/mean', 'latent/mean/z', 'latent/mean/w', 'latent/mean/u',
+    'eval/bound')
+
+
+def _cell(name, model, beta, *, steps, width, dim_w=-1, data='rebuilt'):
+  arg = f'paper_grid,model={model},beta={beta},data={data}'
+  if dim_w >= 0:
+    arg += f',dim_w={dim_w}'
+  c = polymnist.get_config(arg)
+  c.model.width = width
+  c.objective.num_samples = 1
+  if model in ('mmvaeplus', 'mmvae'):
+    c.objective.estimator = 'iwae'  # = the ELBO's gradient at K = 1
+  c.optim.lr = 1e-3
+  c.train.update(batch_size=32, num_epochs=-1, num_steps=steps,
+                 log_every_steps=max(1, steps // 10),
+                 eval_every_steps=steps, checkpoint_every_steps=max(
+                     1, steps // 4), eval_examples=1000)
+  c.evals.update(
+      evaluators='bound,coherence,fd_clf,latent_classification,figures',
+      num_examples=2000, num_unconditional=2000, latent_num_train=5000,
+      fd_clf_num_examples=2000, fd_clf_num_unconditional=2000,
+      bound_num_samples=10, all_subsets=True)
+  return study.Cell(name, c)
+
+
+def get_study(arg=None):
+  a = common.parse_arg(arg, variant='fig1', steps=3000, seeds=3,
+                       width=0.125)
+  seeds = tuple(range(a.seeds))
+  kw = dict(steps=a.steps, width=a.width)
+  if a.variant == 'fig1':
+    cells = [_cell(f'{m}_beta{b:g}', m, b, **kw)
+             for m, betas in (('mvae', (0.3, 1.0)), ('mopoe', (0.3, 1.0)),
+                              ('mmvae', (1.0, 2.5)),
+                              ('mmvaeplus', (1.0, 2.5)))
+             for b in betas]
+  elif a.variant == 'fig2':
+    cells = [_cell(f'mmjsd_w{d}', 'mmjsd', 1.0, dim_w=d, **kw)
+             for d in (4, 16, 32)]
+    cells.append(_cell('mmvaeplus_w32', 'mmvaeplus', 1.0, dim_w=32, **kw))
+  elif a.variant == 'tiny':
+    kw = dict(steps=a.steps if arg and 'steps=' in arg else 4,
+              width=0.0625, data='mini')
+    cells = [_cell('mmvaeplus', 'mmvaeplus', 1.0, dim_w=4, **kw),
+             _cell('mmvae', 'mmvae', 1.0, **kw)]
+    for cell in cells:
+      cell.config.model.update(num_modalities=2, dim_z=4)
+      cell.config.train.update(batch_size=8, eval_examples=16)
+      cell.config.evals.update(
+          evaluators='bound,coherence', num_examples=32, batch_size=16,
+          num_unconditional=32, bound_num_samples=2, all_subsets=False)
+    seeds = seeds[:2] if a.seeds == 3 else seeds
+  else:
+    raise ValueError(f'unknown study {a.variant!r}: fig1, fig2 or tiny')
+  return study.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
+                     METRICS,
+                     classifier_epochs=2 if a.variant == 'tiny' else 10)
