@@ -18,6 +18,15 @@ samples are drawn afresh in each ELBO (as MultiVae). KL terms analytic.
 beta scales the shared and private KLs alike (MultiVae weights the private
 KLs by separate `modalities_specific_betas`, default 1).
 Conditional generation: the same PoE over the subset.
+
+The authors' code (seqam-lab/DMVAE `mnist_svhn/main.py` `elbo`, two
+modalities) differs from MultiVae's form used here: it sums per-TARGET
+terms, log p(x_d | w_d, z_e) - KL(w_d) - KL(z_e) for z_e the target's own,
+the other modality's and the PoE shared latent (so each shared KL counts
+once per target), zeroes the PoE reconstruction terms while keeping their
+KLs, and estimates the KLs by probtorch's minibatch-weighted TC
+decomposition (`objectives/mws_tcvae.py`, weights `beta1`, `beta2`) rather
+than analytically. Not reproduced here.
 """
 
 from __future__ import annotations
