@@ -35,12 +35,12 @@ def unconditional(key, model, params, num, *, alpha=1.0):
   }
 
 
-def cross_modal(key, model, params, batch, *, alpha=1.0):
+def cross_modal_by_target(key, model, params, batch, *, alpha=1.0):
   """Every source's z ~ q(z | x_source) decoded by every target with w ~ p(w).
 
   Returns:
-    `[M_source, M_target, B, *event]` decoder means (requires equal event
-    shapes across modalities; the diagonal is also decoded from p(w)).
+    a tuple over targets d of `[M_source, B, *event_d]` decoder means (the
+    diagonal is also decoded from p(w)); modalities may differ in shape.
   """
   post = model.encode(params, batch)
   m, b = post.loc_z.shape[:2]
@@ -49,7 +49,14 @@ def cross_modal(key, model, params, batch, *, alpha=1.0):
       post.loc_z, post.scale_z,
       distributions.noise(model.family, kz, post.loc_z.shape))  # [M, B, Dz]
   w = prior_w(kw, model, (m, m, b), alpha)  # [M_s, M_t, B, Dw]
-  return jnp.stack([
+  return tuple(
       jnp.stack([model.decode(params, n, jnp.concatenate([w[e, d], z[e]], -1))
-                 for d, n in enumerate(model.names)])
-      for e in range(m)])
+                 for e in range(m)])
+      for d, n in enumerate(model.names))
+
+
+def cross_modal(key, model, params, batch, *, alpha=1.0):
+  """`cross_modal_by_target` stacked: `[M_source, M_target, B, *event]`
+  (requires equal event shapes across modalities)."""
+  return jnp.stack(
+      cross_modal_by_target(key, model, params, batch, alpha=alpha), axis=1)

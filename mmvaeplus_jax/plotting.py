@@ -14,6 +14,29 @@ def to_uint8(images) -> np.ndarray:
       np.uint8)
 
 
+def display_shape(shapes) -> tuple[int, int, int]:
+  """The common `(H, W, 3)` that `to_display` maps images of `shapes` to."""
+  shapes = [tuple(s) for s in shapes]
+  return (max(s[0] for s in shapes), max(s[1] for s in shapes), 3)
+
+
+def to_display(images, shape) -> np.ndarray:
+  """`[..., H, W, C]` images (C = 1 or 3) -> `[..., *shape]`: grey repeated
+  to RGB and zero-padded around the centre to `shape` (as MMVAE shows MNIST
+  beside SVHN: pad 28 -> 32, expand to 3 channels); unchanged when they
+  already have that shape."""
+  images = np.asarray(images)
+  h, w, c = images.shape[-3:]
+  if (h, w, c) == tuple(shape):
+    return images
+  if c == 1:
+    images = np.repeat(images, 3, axis=-1)
+  dh, dw = shape[0] - h, shape[1] - w
+  pad = [(0, 0)] * (images.ndim - 3) + [(dh // 2, dh - dh // 2),
+                                        (dw // 2, dw - dw // 2), (0, 0)]
+  return np.pad(images, pad)
+
+
 def grid(images, pad: int = 2, pad_value: int = 255) -> np.ndarray:
   """`[R, C, H, W, 3]` images -> one uint8 `[R*(H+pad)+pad, C*(W+pad)+pad, 3]`."""
   images = to_uint8(images)

@@ -96,11 +96,14 @@ def write_grids(out_dir, step, model, params, eval_src, key, num, mesh,
   batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
   k_u, k_c = jax.random.split(key)
   uncond = _generate_uncond(model, params, k_u, n)
-  cross = _generate_cross(model, params, batch, k_c)
-  uncond = np.stack([np.asarray(uncond[k]) for k in model.names])  # [M, N,...]
-  cross = np.asarray(cross)  # [M_s, M_t, N, ...]
+  cross = _generate_cross(model, params, batch, k_c)  # M_t x [M_s, N, ...]
+  # Modalities of different shapes (MNIST-SVHN) are shown padded to one.
+  shape = plotting.display_shape(m.event_shape for m in model.modalities)
+  show = lambda x: plotting.to_display(np.asarray(x), shape)
+  uncond = np.stack([show(uncond[k]) for k in model.names])  # [M, N, ...]
+  cross = np.stack([show(c) for c in cross], axis=1)  # [M_s, M_t, N, ...]
   # Cross grid: one block per source: its inputs, then its M generations.
-  inputs = np.stack([np.asarray(examples[k]) for k in model.names])
+  inputs = np.stack([show(examples[k]) for k in model.names])
   blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
   rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
       (1 + model.num_modalities, -1) + blocks.shape[3:])
@@ -121,7 +124,7 @@ def _generate_uncond(model, params, key, num):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _generate_cross(model, params, batch, key):
-  return generation.cross_modal(key, model, params, batch)
+  return generation.cross_modal_by_target(key, model, params, batch)
 
 
 def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
