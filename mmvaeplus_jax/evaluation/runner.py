@@ -57,6 +57,7 @@ from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
 from mmvaeplus_jax.evaluation import latent_classification  # registers it
 from mmvaeplus_jax.evaluation import likelihood  # registers 'likelihood'
 from mmvaeplus_jax.input import pipeline
+from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
