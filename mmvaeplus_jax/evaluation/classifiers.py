@@ -16,6 +16,10 @@ per-dataset branch:
 
   (valid convolutions; `features` returns the 50-d penultimate ReLU
   output). Their pretrained weights are not available offline either.
+  Measured: the MNIST `DigitClf` trained on the real MNIST train set
+  (../shared/data, 60,000 digits; Adam 1e-3, batch 128, seed 0, 2 epochs,
+  145 s on the shared 2-core CPU) reaches 96.9 % test accuracy (t10k); the
+  SVHN one is untested on real data (SVHN is not available offline).
 
 The coherence classifiers of MMVAE+ on PolyMNIST (from MoPoE;
 official_reference.md section 9), in NHWC:
@@ -565,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           'batch_size': args.batch_size, 'lr': args.lr, 'seed': args.seed,
           'optimizer': 'adam', 'num_train': int(len(train['label'])),
           'num_test': int(len(test['label'])),
+          # Distinct items each classifier saw (< num_train for MNIST-SVHN,
+          # whose pairs repeat items; see distinct_items).
+          'num_train_items': {n: int(len(distinct_items(train, n)[1]))
+                              for n in names},
       },
   }
   save_classifiers(args.out, clf_params, metadata=metadata)
