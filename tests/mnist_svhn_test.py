@@ -221,6 +221,24 @@ def test_builder_pairs_images_by_label(manual_dir, tmp_path):
       assert sorted(zip(i1, i2)) == sorted(zip(*want))
       _check_pairs(m_lab, s_lab, *want, multiplier=dm,
                    max_per_class=10_000)
+      # The compact in-memory source holds the same pairs, items once.
+      src = builders.compact_source(f'mnist_svhn/{config}', split,
+                                    manual_dir=manual_dir)
+      assert len(src) == len(i1)
+      got = src.read(np.arange(len(src)))
+      assert sorted(zip(got['mnist_index'], got['svhn_index'])) == sorted(
+          zip(i1, i2))
+      np.testing.assert_array_equal(got['mnist'], m_img[got['mnist_index']])
+      np.testing.assert_array_equal(got['svhn'], s_img[got['svhn_index']])
+      np.testing.assert_array_equal(got['label'], m_lab[got['mnist_index']])
+      part = src.read(np.array([3, 0, 3]))
+      np.testing.assert_array_equal(part['svhn'], got['svhn'][[3, 0, 3]])
+  # In a fixed shuffled order, not class-major (first-N subsets mix classes).
+  assert np.any(np.diff(got['label']) < 0)
+  assert builders.compact_source('mnist_svhn/dm1', 'train[:50%]',
+                                 manual_dir=manual_dir) is None
+  assert builders.compact_source('mnist_svhn/dm1', 'train') is None
+  assert builders.compact_source('polymnist/mini', 'train') is None
 
 
 # ------------------------------------------------------------------ networks

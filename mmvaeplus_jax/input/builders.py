@@ -157,6 +157,30 @@ def load_split(
   return out
 
 
+def compact_source(
+    name_or_config: str,
+    split: str,
+    *,
+    manual_dir: os.PathLike | str | None = None,
+):
+  """The builder module's compact in-memory source of a split, or None.
+
+  A builder module may define `compact_source(config, split, manual_dir)`
+  returning a `pipeline.Source` that holds the same examples as the
+  prepared split without reading it example by example (e.g. MNIST-SVHN:
+  the distinct items once plus the index pairs, rebuilt from the manual
+  directory's files by the same seeded pairing).
+  """
+  full = full_name(name_or_config)
+  dataset, config = full.split('/', 1)
+  module = _register(dataset, BUILDER_FILES[dataset])
+  make = getattr(module, 'compact_source', None)
+  if make is None:
+    return None
+  return make(config, split, None if manual_dir is None else _expand(
+      manual_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
   """Prepares one dataset config from the command line."""
   parser = argparse.ArgumentParser(

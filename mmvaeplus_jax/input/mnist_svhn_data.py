@@ -220,3 +220,25 @@ def pair_indices(
     return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
   return (np.concatenate(out1).astype(np.int64),
           np.concatenate(out2).astype(np.int64))
+
+
+def load_pairs(
+    directory: os.PathLike | str,
+    split: str,
+    *,
+    seed: int | Sequence[int],
+    multiplier: int = DATA_MULTIPLIER,
+) -> dict[str, np.ndarray]:
+  """Reads MNIST and SVHN `split` from `directory` and pairs them.
+
+  Returns:
+    `{'mnist': uint8 [N1, 28, 28, 1], 'svhn': uint8 [N2, 32, 32, 3]` (all
+    items of both source splits), `'mnist_index', 'svhn_index': int64 [P]`
+    (`pair_indices`, class-major), `'label': int64 [P]}`.
+  """
+  mnist, mnist_labels = load_mnist(directory, split)
+  svhn, svhn_labels = load_svhn(directory, split)
+  idx1, idx2 = pair_indices(mnist_labels, svhn_labels, seed=seed,
+                            multiplier=multiplier)
+  return {'mnist': mnist, 'svhn': svhn, 'mnist_index': idx1,
+          'svhn_index': idx2, 'label': mnist_labels[idx1]}
