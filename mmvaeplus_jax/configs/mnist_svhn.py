@@ -47,8 +47,8 @@ All variants read `mnist_svhn/<data>` (data.md section 3; the builder
 `datasets/mnist_svhn/`) with `data.manual_dir` holding the MNIST IDX files
 and SVHN's `train_32x32.mat`, `test_32x32.mat`; in memory
 (`data.in_memory = True`) through the builder's `compact_source`: each item
-once (~0.27 GB), not `dm30`'s ~6.5 GB of stored pairs. Evaluators: the test bound and
-coherence (digit classifiers `DigitClf`, trained with
+once (~0.27 GB), not `dm30`'s ~6.5 GB of stored pairs. Evaluators: the test
+bound and coherence (digit classifiers `DigitClf`, trained with
 `python -m mmvaeplus_jax.evaluation.classifiers --dataset mnist_svhn/dm1`).
 """
 

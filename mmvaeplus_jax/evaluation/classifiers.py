@@ -289,8 +289,8 @@ def classify(clf_params: Mapping[str, Params], name: str, images) -> Array:
 
 
 def _loss(params, images, labels, dropout_key):
-  lp = module_for(images.shape[1:]).apply({'params': params}, images, train=True,
-                     rngs={'dropout': dropout_key})
+  lp = module_for(images.shape[1:]).apply(
+      {'params': params}, images, train=True, rngs={'dropout': dropout_key})
   return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
 
 
