@@ -202,7 +202,6 @@ ARCHITECTURES = {
     (28, 28, 1): DigitClf(),  # MNIST (MNIST-SVHN)
     (32, 32, 3): DigitClf(),  # SVHN (MNIST-SVHN)
 }
-_MODULE = ARCHITECTURES[IMAGE_SHAPE]
 
 
 def module_for(image_shape) -> nn.Module:
