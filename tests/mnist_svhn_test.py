@@ -22,6 +22,7 @@ from mmvaeplus_jax import generation
 from mmvaeplus_jax import plotting
 from mmvaeplus_jax.configs import mnist_svhn as mnist_svhn_config
 from mmvaeplus_jax.evaluation import classifiers
+from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.input import builders
 from mmvaeplus_jax.input import mnist_svhn_data
 from mmvaeplus_jax.input import polymnist_data
@@ -461,3 +462,9 @@ def test_smoke_config_trains_with_final_coherence(tmp_path):
       'unconditional_00000002.png', 'unconditional_00000004.png']
   _, meta = classifiers.load_classifiers(tmp_path / 'work' / 'classifiers')
   assert meta['image_shapes'] == {'mnist': [28, 28, 1], 'svhn': [32, 32, 3]}
+  # eval.py's evaluators of the MNIST-SVHN configs, on the saved run.
+  config.evals.classifier_dir = str(tmp_path / 'work' / 'classifiers')
+  evals = runner.evaluate(config, str(tmp_path / 'work'))
+  for key in ('eval/bound', 'coherence/cond/svhn->mnist', 'coherence/uncond',
+              'latent/svhn/z', 'fd_clf/cond/mnist->svhn', 'fd_clf/uncond/svhn'):
+    assert np.isfinite(evals[key]), key

@@ -48,8 +48,11 @@ All variants read `mnist_svhn/<data>` (data.md section 3; the builder
 and SVHN's `train_32x32.mat`, `test_32x32.mat`; in memory
 (`data.in_memory = True`) through the builder's `compact_source`: each item
 once (~0.27 GB), not `dm30`'s ~6.5 GB of stored pairs. Evaluators: the test
-bound and coherence (digit classifiers `DigitClf`, trained with
-`python -m mmvaeplus_jax.evaluation.classifiers --dataset mnist_svhn/dm1`).
+bound, coherence (digit classifiers `DigitClf`, trained with
+`python -m mmvaeplus_jax.evaluation.classifiers --dataset mnist_svhn/dm1`),
+linear latent classification and FD_clf (in DigitClf's 50-d features);
+`likelihood` also runs (add it to `evals.evaluators`); `figures` does not
+yet handle modalities of different shapes, and FID is untested here.
 """
 
 from mmvaeplus_jax.configs import common
@@ -71,7 +74,7 @@ def get_config(arg=None):
   c.model.arch = 'mmvae'
   c.model.mnist_lambda = mnist_svhn.MNIST_LAMBDA
   c.optim.update(lr=1e-3, amsgrad=True)
-  c.evals.evaluators = 'bound,coherence'
+  c.evals.evaluators = 'bound,coherence,latent_classification,fd_clf'
   if a.dim_w < 1:
     raise ValueError(f'dim_w must be >= 1, got {a.dim_w}')
   if a.variant == 'mmvae':
@@ -105,7 +108,9 @@ def get_config(arg=None):
                    checkpoint_every_steps=2, eval_examples=16,
                    grid_examples=4)
     c.evals.update(num_examples=64, batch_size=32, bound_num_samples=2,
-                   num_unconditional=64)
+                   num_unconditional=64, latent_num_train=200,
+                   latent_max_iter=200, fd_clf_num_examples=32,
+                   fd_clf_num_unconditional=32)
   else:
     raise ValueError(
         f'unknown mnist_svhn variant {a.variant!r}: use mmvae,'
