@@ -19,7 +19,8 @@ key-hash shuffle.
 Configs:
 
 * `dm30` (default): the published recipe, dm = 30. Train 1,682,040 pairs,
-  test 300,000 with the real files.
+  test 300,000 (computed from the real MNIST labels and SVHN's published
+  class counts; tests/mnist_svhn_test.py).
 * `dm1`: one permutation per class (the first of `dm30`'s draws per side:
   the same pairs as `dm30`'s first block of each class), 56,068 / 10,000
   pairs: 1/30 of the size, for quick work; not the published dataset.
@@ -30,7 +31,8 @@ through `builders.load_split` / `as_data_source` like PolyMNIST. The 30x
 multiplicity makes `dm30` big: ~6.5 GB for train and ~1.2 GB for test
 (measured: 33,000 synthetic pairs took 127 MB and 7.3 s to build, ~4,500
 pairs/s on the shared 2-core CPU, so `dm30` takes ~7 min), and reading it
-is slow: 0.7 ms per example on that CPU, by random access or in order, so
+is slow: 0.7 ms per example on that CPU while other jobs ran, by random
+access or in order, so
 one `dm30` train epoch would spend ~20 min reading. Training therefore
 reads it in memory through `compact_source` below (the module hook
 `builders.compact_source`; `config.data.in_memory = True`, the MNIST-SVHN
