@@ -32,8 +32,8 @@ multiplicity makes `dm30` big: ~6.5 GB for train and ~1.2 GB for test
 (measured: 33,000 synthetic pairs took 127 MB and 7.3 s to build, ~4,500
 pairs/s on the shared 2-core CPU, so `dm30` takes ~7 min), and reading it
 is slow: 0.7 ms per example on that CPU while other jobs ran, by random
-access or in order, so
-one `dm30` train epoch would spend ~20 min reading. Training therefore
+access or in order, so one `dm30` train epoch would spend ~20 min reading.
+Training therefore
 reads it in memory through `compact_source` below (the module hook
 `builders.compact_source`; `config.data.in_memory = True`, the MNIST-SVHN
 configs' setting): the same pairs rebuilt from the manual directory, each
