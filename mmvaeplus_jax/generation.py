@@ -37,13 +37,12 @@ def unconditional(key, model, params, num, *, alpha=1.0):
   }
 
 
-def cross_modal(key, model, params, batch, *, alpha=1.0):
+def cross_modal_by_target(key, model, params, batch, *, alpha=1.0):
   """Every source's z ~ q(z | x_source) decoded by every target with w ~ p(w).
 
   Returns:
-    `[M_source, M_target, B, H, W, C]` decoder means (modalities of
-    different image shapes are centred on a common RGB canvas,
-    `plotting.to_canvas`; the diagonal is also decoded from p(w)).
+    a tuple over targets d of `[M_source, B, *event_d]` decoder means (the
+    diagonal is also decoded from p(w)); modalities may differ in shape.
   """
   post = model.encode(params, batch)
   m, b = post.loc_z.shape[:2]
@@ -53,9 +52,18 @@ def cross_modal(key, model, params, batch, *, alpha=1.0):
       post, np.eye(m, dtype=bool), jnp.zeros((m, b)),
       distributions.noise(model.family, kz, post.loc_z.shape))  # [M, B, Dz]
   w = prior_w(kw, model, (m, m, b), alpha)  # [M_s, M_t, B, Dw]
+  return tuple(
+      jnp.stack([model.decode(params, n, jnp.concatenate([w[e, d], z[e]], -1))
+                 for e in range(m)])
+      for d, n in enumerate(model.names))
+
+
+def cross_modal(key, model, params, batch, *, alpha=1.0):
+  """`cross_modal_by_target` stacked: `[M_source, M_target, B, H, W, C]`
+  (modalities of different image shapes are centred on a common RGB
+  canvas, `plotting.to_canvas`)."""
   canvas = plotting.canvas_shape([mod.event_shape for mod in model.modalities])
   return jnp.stack([
-      jnp.stack([plotting.to_canvas(
-          model.decode(params, n, jnp.concatenate([w[e, d], z[e]], -1)),
-          canvas) for d, n in enumerate(model.names)])
-      for e in range(m)])
+      plotting.to_canvas(x, canvas)
+      for x in cross_modal_by_target(key, model, params, batch, alpha=alpha)],
+                   axis=1)

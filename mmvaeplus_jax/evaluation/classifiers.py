@@ -1,7 +1,28 @@
-"""Digit classifiers for coherence: the official `ClfImg`, training, storage.
+"""Digit classifiers for coherence: architectures, training, storage.
 
-The coherence classifiers of MMVAE+ (from MoPoE; official_reference.md
-section 9), one per modality, in NHWC:
+One classifier per modality; its architecture is chosen statically by the
+image shape (`ARCHITECTURES`), so `classify(clf_params, name, x)` needs no
+per-dataset branch:
+
+* `[28, 28, 3]` (PolyMNIST): `ClfImg` below;
+* `[28, 28, 1]` (MNIST) and `[32, 32, 3]` (SVHN): `DigitClf`, the MNIST /
+  SVHN classifiers of MMVAE (iffsid/mmvae `src/report/helper.py`,
+  `MNIST_Classifier` / `SVHN_Classifier`, used by `analyse_ms.py`) that
+  DMVAE reuses (seqam-lab/DMVAE `mnist_svhn/classifier.py`):
+
+    Conv(C->10, 5) -> MaxPool 2 -> ReLU -> Conv(10->20, 5) -> Dropout2d(0.5)
+    -> MaxPool 2 -> ReLU -> flatten in C,H,W order (320 MNIST / 500 SVHN)
+    -> Linear(->50) -> ReLU -> Dropout(0.5) -> Linear(50->10) -> log_softmax
+
+  (valid convolutions; `features` returns the 50-d penultimate ReLU
+  output). Their pretrained weights are not available offline either.
+  Measured: the MNIST `DigitClf` trained on the real MNIST train set
+  (../shared/data, 60,000 digits; Adam 1e-3, batch 128, seed 0, 2 epochs,
+  145 s on the shared 2-core CPU) reaches 96.9 % test accuracy (t10k); the
+  SVHN one is untested on real data (SVHN is not available offline).
+
+The coherence classifiers of MMVAE+ on PolyMNIST (from MoPoE;
+official_reference.md section 9), in NHWC:
 
   Conv(3->10, 4, s2, p1) -> Dropout2d(0.5) -> ReLU
   -> Conv(10->20, 4, s2, p1) -> Dropout2d(0.5) -> ReLU
@@ -27,8 +48,18 @@ m0..m4 = 93.3 / 97.8 / 97.8 / 95.0 / 92.4 % after 15 epochs (mean 95.3 %;
 (m4 plateaus near 92 % by epoch 10 at lr 1e-3 or 3e-3), so coherence is
 capped by these numbers: always report them beside it.
 
-All inputs are images `[N, 28, 28, 3]`, uint8 (divided by 255 here) or float
-(used as they are, e.g. unclamped decoder means).
+MNIST-SVHN (`mnist_svhn` builder): train on `mnist_svhn/dm1` (or dm30; with
+an `<name>_index` feature each distinct source item is used once, see
+`distinct_items`):
+
+  python -m mmvaeplus_jax.evaluation.classifiers --dataset mnist_svhn/dm1 \
+      --data_dir DIR --manual_dir DIR_WITH_MNIST_AND_SVHN --out CLF_DIR
+
+`classifiers.json` records each modality's image shape (`image_shapes`);
+files without it (written before) are PolyMNIST `ClfImg`s.
+
+All inputs are images `[N, *image_shape]`, uint8 (divided by 255 here) or
+float (used as they are, e.g. unclamped decoder means).
 """
 
 from __future__ import annotations
@@ -129,26 +160,92 @@ class ClfImg(nn.Module):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-_MODULE = ClfImg()
+def _max_pool(x):  # F.max_pool2d(x, 2)
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-def _abstract_params():
+class DigitClf(nn.Module):
+  """MMVAE's MNIST / SVHN digit classifier (module docstring).
+
+  Attributes:
+    dropout_rate: rate of Dropout2d and Dropout (PyTorch default 0.5).
+  """
+
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False,
+               return_features: bool = False):
+    """`[N, 28, 28, 1]` or `[N, 32, 32, 3]` -> `[N, 10]` log-probs (or
+    `[N, 50]` features)."""
+    x = to_float(x)
+    conv = lambda c, fan_in, name: nn.Conv(
+        c, (5, 5), padding='VALID', kernel_init=polymnist.torch_kernel_init,
+        bias_init=polymnist.torch_bias_init(fan_in * 25), name=name)
+    h = nn.relu(_max_pool(conv(10, x.shape[-1], 'conv_0')(x)))
+    h = conv(20, 10, 'conv_1')(h)
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2),
+                   deterministic=not train)(h)  # Dropout2d
+    h = nn.relu(_max_pool(h))  # [N, 4, 4, 20] MNIST, [N, 5, 5, 20] SVHN
+    h = jnp.transpose(h, (0, 3, 1, 2)).reshape((h.shape[0], -1))
+    h = nn.relu(_dense(50, h.shape[-1], 'fc_0')(h))
+    if return_features:
+      return h
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    logits = _dense(NUM_CLASSES, 50, 'fc_1')(h)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+# Image shape -> classifier module (chosen statically from the input shape).
+ARCHITECTURES = {
+    IMAGE_SHAPE: ClfImg(),  # PolyMNIST
+    (28, 28, 1): DigitClf(),  # MNIST (MNIST-SVHN)
+    (32, 32, 3): DigitClf(),  # SVHN (MNIST-SVHN)
+}
+
+
+def module_for(image_shape) -> nn.Module:
+  """The classifier module for images of `image_shape` (`[H, W, C]`)."""
+  image_shape = tuple(int(d) for d in image_shape)
+  if image_shape not in ARCHITECTURES:
+    raise ValueError(
+        f'no digit classifier for images of shape {list(image_shape)}; known'
+        f' shapes: {[list(s) for s in ARCHITECTURES]}')
+  return ARCHITECTURES[image_shape]
+
+
+def _abstract_params(image_shape=IMAGE_SHAPE):
   """ShapeDtypeStructs of the params (tracing only, nothing compiles)."""
+  image_shape = tuple(image_shape)
   return jax.eval_shape(
-      lambda: _MODULE.init(jax.random.key(0),
-                           jnp.zeros((1,) + IMAGE_SHAPE))['params'])
+      lambda: module_for(image_shape).init(
+          jax.random.key(0), jnp.zeros((1,) + image_shape))['params'])
 
 
-@jax.jit
-def init(key) -> Params:
-  """Fresh `ClfImg` params, PyTorch's default initialisation.
+def image_shape_of(params: Params) -> tuple[int, ...]:
+  """The image shape whose architecture `params` belong to."""
+  shapes = jax.tree.map(lambda x: tuple(x.shape), params)
+  for image_shape in ARCHITECTURES:
+    want = jax.tree.map(lambda x: tuple(x.shape),
+                        _abstract_params(image_shape))
+    if jax.tree.structure(want) == jax.tree.structure(shapes) and (
+        jax.tree.leaves(want) == jax.tree.leaves(shapes)):
+      return image_shape
+  raise ValueError('params match no classifier architecture of'
+                   f' {[list(s) for s in ARCHITECTURES]}')
+
+
+@functools.partial(jax.jit, static_argnames=('image_shape',))
+def init(key, image_shape=IMAGE_SHAPE) -> Params:
+  """Fresh params of the classifier for `image_shape` (default PolyMNIST's
+  `ClfImg`), PyTorch's default initialisation.
 
   Every kernel and bias of a layer is U(+-1/sqrt(fan_in)) (fan_in = kh kw
   c_in for a conv, d_in for a dense layer), the distribution the module's own
   initialisers give; drawn here with a single random call, because Flax's
   per-parameter key derivation takes ~10 s to compile on CPU.
   """
-  abstract = _abstract_params()
+  abstract = _abstract_params(image_shape)
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   sizes = [math.prod(leaf.shape) for _, leaf in flat]
   u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
@@ -164,21 +261,25 @@ def init(key) -> Params:
 
 @jax.jit
 def log_probs(params: Params, images) -> Array:
-  """Eval-mode log-probabilities `[N, 10]` of images `[N, 28, 28, 3]`."""
-  return _MODULE.apply({'params': params}, images)
+  """Eval-mode log-probabilities `[N, 10]` of images `[N, *image_shape]`
+  (the architecture follows from the image shape)."""
+  return module_for(images.shape[1:]).apply({'params': params}, images)
 
 
 @jax.jit
 def features(params: Params, images) -> Array:
-  """Eval-mode 128-d penultimate features `[N, 128]` (for FD_clf)."""
-  return _MODULE.apply({'params': params}, images, return_features=True)
+  """Eval-mode penultimate features (for FD_clf): `[N, 128]` for `ClfImg`,
+  `[N, 50]` for `DigitClf`."""
+  return module_for(images.shape[1:]).apply(
+      {'params': params}, images, return_features=True)
 
 
 def classify(clf_params: Mapping[str, Params], name: str, images) -> Array:
   """Log-probs `[N, 10]` of modality `name`'s classifier.
 
   The `classify(clf_params, name, x)` contract of `evaluation.coherence`:
-  `clf_params` is `{modality name: ClfImg params}` (see `load_classifiers`).
+  `clf_params` is `{modality name: params}` (see `load_classifiers`); the
+  architecture is the one registered for `x`'s image shape.
   """
   return log_probs(clf_params[name], images)
 
@@ -187,8 +288,8 @@ def classify(clf_params: Mapping[str, Params], name: str, images) -> Array:
 
 
 def _loss(params, images, labels, dropout_key):
-  lp = _MODULE.apply({'params': params}, images, train=True,
-                     rngs={'dropout': dropout_key})
+  lp = module_for(images.shape[1:]).apply(
+      {'params': params}, images, train=True, rngs={'dropout': dropout_key})
   return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
 
 
@@ -214,7 +315,8 @@ def train_classifier(
     lr: float = 1e-3,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Params:
-  """Trains one `ClfImg` with Adam; deterministic for a key.
+  """Trains one classifier (by image shape) with Adam; deterministic for a
+  key.
 
   Each epoch draws a permutation from `fold_in(key, epoch)` and takes
   `N // batch_size` steps (the last partial batch is dropped); dropout keys
@@ -222,7 +324,8 @@ def train_classifier(
 
   Args:
     key: PRNG key (init, permutations, dropout).
-    images: `[N, 28, 28, 3]` uint8 or float in [0, 1].
+    images: `[N, *image_shape]` uint8 or float in [0, 1], a shape of
+      `ARCHITECTURES`.
     labels: `[N]` integer digit labels.
     epochs: number of passes over the data.
     batch_size: examples per Adam step (capped at N).
@@ -234,13 +337,15 @@ def train_classifier(
   """
   images = jnp.asarray(images)
   labels = jnp.asarray(labels, jnp.int32)
-  if images.shape[1:] != IMAGE_SHAPE or labels.shape != images.shape[:1]:
+  if (images.ndim != 4 or tuple(images.shape[1:]) not in ARCHITECTURES
+      or labels.shape != images.shape[:1]):
     raise ValueError(
-        f'images must be [N, 28, 28, 3] and labels [N], got'
+        f'images must be [N, H, W, C] with [H, W, C] in'
+        f' {[list(s) for s in ARCHITECTURES]} and labels [N], got'
         f' {list(images.shape)} and {list(labels.shape)}')
   batch_size = int(min(batch_size, images.shape[0]))
   init_key, loop_key = jax.random.split(key)
-  params = init(init_key)
+  params = init(init_key, tuple(images.shape[1:]))
   opt_state = optax.adam(lr).init(params)
   steps = images.shape[0] // batch_size
   for epoch in range(epochs):
@@ -271,8 +376,8 @@ def accuracy(params: Params, images, labels, *, batch_size: int = 1000
   """Eval-mode accuracy (exact count over all N examples).
 
   Args:
-    params: `ClfImg` params.
-    images: `[N, 28, 28, 3]` uint8 or float.
+    params: classifier params.
+    images: `[N, *image_shape]` uint8 or float.
     labels: `[N]` integer labels.
     batch_size: examples per jitted call (the last batch is padded).
   """
@@ -307,9 +412,9 @@ def save_classifiers(
 
   Args:
     directory: output folder (created; existing checkpoints are replaced).
-    clf_params: `{modality name: ClfImg params}`.
+    clf_params: `{modality name: classifier params}`.
     metadata: JSON-serialisable extras (test accuracies, training config),
-      stored beside the modality list.
+      stored beside the modality list and each modality's image shape.
   """
   directory = pathlib.Path(directory).expanduser().absolute()
   directory.mkdir(parents=True, exist_ok=True)
@@ -317,7 +422,9 @@ def save_classifiers(
     for name, params in clf_params.items():
       ckptr.save(directory / name, params, force=True)
     ckptr.wait_until_finished()
-  meta = {'modalities': list(clf_params)}
+  meta = {'modalities': list(clf_params),
+          'image_shapes': {n: list(image_shape_of(p))
+                           for n, p in clf_params.items()}}
   meta.update(dict(metadata or {}))
   (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + '\n')
 
@@ -354,13 +461,35 @@ def load_classifiers(
     raise FileNotFoundError(
         f'No coherence classifier checkpoint for modalities {missing} in'
         f' {directory} (it holds {meta["modalities"]}). {hint}')
-  abstract = _abstract_params()
+  # Files without image_shapes predate them: PolyMNIST ClfImgs.
+  shapes = meta.get('image_shapes', {})
   with ocp.StandardCheckpointer() as ckptr:
-    params = {n: ckptr.restore(directory / n, abstract) for n in names}
+    params = {
+        n: ckptr.restore(directory / n,
+                         _abstract_params(tuple(shapes.get(n, IMAGE_SHAPE))))
+        for n in names}
   return params, meta
 
 
 # ---------------------------------------------------------------- command line
+
+
+def distinct_items(split: Mapping[str, np.ndarray], name: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of modality `name`: each distinct source item once
+  (first occurrence, in stored order) when the split has an `<name>_index`
+  feature, else all examples."""
+  index = split.get(f'{name}_index')
+  if index is None:
+    return split[name], split['label']
+  _, first = np.unique(np.asarray(index), return_index=True)
+  first = np.sort(first)
+  return np.asarray(split[name])[first], np.asarray(split['label'])[first]
+
+
+def image_names(split: Mapping[str, np.ndarray]) -> list[str]:
+  """The image features of a split (`[N, H, W, C]`), sorted."""
+  return sorted(k for k, v in split.items() if np.ndim(v) == 4)
 
 
 def train_and_evaluate(
@@ -376,30 +505,36 @@ def train_and_evaluate(
 ) -> tuple[dict[str, Params], dict[str, float]]:
   """Trains one classifier per modality; returns params and test accuracy.
 
-  Modality i uses key `fold_in(key(seed), i)`.
+  Modality i uses key `fold_in(key(seed), i)`. Splits with an
+  `<name>_index` feature (MNIST-SVHN's pairs, which repeat each source item
+  30 times) train and test on each distinct item once (`distinct_items`).
   """
   key = jax.random.key(seed)
   clf_params, accs = {}, {}
   for i, name in enumerate(names):
     start = time.time()
+    train_x, train_y = distinct_items(train, name)
+    test_x, test_y = distinct_items(test, name)
     clf_params[name] = train_classifier(
-        jax.random.fold_in(key, i), train[name], train['label'],
+        jax.random.fold_in(key, i), train_x, train_y,
         epochs=epochs, batch_size=batch_size, lr=lr,
         on_epoch_end=lambda e, l, n=name: log(
             f'  {n} epoch {e + 1}/{epochs}: train loss {l:.4f}'))
-    accs[name] = accuracy(clf_params[name], test[name], test['label'])
+    accs[name] = accuracy(clf_params[name], test_x, test_y)
     log(f'{name}: test accuracy {accs[name]:.4f}'
         f' ({time.time() - start:.1f} s)')
   return clf_params, accs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """Trains and stores the PolyMNIST coherence classifiers."""
+  """Trains and stores the coherence classifiers of a dataset."""
   parser = argparse.ArgumentParser(
-      description='Train one ClfImg digit classifier per PolyMNIST modality '
-      'on the train split; store them with their test accuracies.')
+      description='Train one digit classifier per image modality (PolyMNIST '
+      'ClfImg, MNIST / SVHN DigitClf) on the train split; store them with '
+      'their test accuracies.')
   parser.add_argument('--dataset', default='mini',
-                      help='PolyMNIST config: mini, rebuilt or official')
+                      help='PolyMNIST config (mini, rebuilt, official) or a'
+                      ' full name such as mnist_svhn/dm1')
   parser.add_argument('--data_dir', required=True,
                       help='TFDS data directory')
   parser.add_argument('--manual_dir', default=None,
@@ -419,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               manual_dir=args.manual_dir)
   test = builders.load_split(args.dataset, 'test', args.data_dir,
                              manual_dir=args.manual_dir)
-  names = sorted(k for k in train if k != 'label')
+  names = image_names(train)
   print(f'Loaded {args.dataset}: train {len(train["label"])}, test'
         f' {len(test["label"])} ({time.time() - start:.1f} s)')
   clf_params, accs = train_and_evaluate(
@@ -433,6 +568,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           'batch_size': args.batch_size, 'lr': args.lr, 'seed': args.seed,
           'optimizer': 'adam', 'num_train': int(len(train['label'])),
           'num_test': int(len(test['label'])),
+          # Distinct items each classifier saw (< num_train for MNIST-SVHN,
+          # whose pairs repeat items; see distinct_items).
+          'num_train_items': {n: int(len(distinct_items(train, n)[1]))
+                              for n in names},
       },
   }
   save_classifiers(args.out, clf_params, metadata=metadata)

@@ -17,6 +17,8 @@ one does not):
   python -m mmvaeplus_jax.input.builders polymnist/mini --data_dir DIR
   python -m mmvaeplus_jax.input.builders polymnist/rebuilt --data_dir DIR \
       --manual_dir ../shared/data
+  python -m mmvaeplus_jax.input.builders mnist_svhn/dm30 --data_dir DIR \
+      --manual_dir DIR_WITH_MNIST_AND_SVHN
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'datasets'
 # TFDS name -> builder module file, relative to DATASETS_DIR.
 BUILDER_FILES = {
     'polymnist': 'polymnist/polymnist_dataset_builder.py',
+    'mnist_svhn': 'mnist_svhn/mnist_svhn_dataset_builder.py',
 }
 _READ_CHUNK = 1024  # examples decoded per data-source call in `load_split`
 
@@ -65,6 +68,8 @@ def _register(name: str, relative_path: str):
 
 
 polymnist_dataset_builder = _register('polymnist', BUILDER_FILES['polymnist'])
+mnist_svhn_dataset_builder = _register('mnist_svhn',
+                                       BUILDER_FILES['mnist_svhn'])
 
 
 def _expand(path: os.PathLike | str) -> str:
@@ -151,14 +156,38 @@ def load_split(
   return out
 
 
+def compact_source(
+    name_or_config: str,
+    split: str,
+    *,
+    manual_dir: os.PathLike | str | None = None,
+):
+  """The builder module's compact in-memory source of a split, or None.
+
+  A builder module may define `compact_source(config, split, manual_dir)`
+  returning a `pipeline.Source` that holds the same examples as the
+  prepared split without reading it example by example (e.g. MNIST-SVHN:
+  the distinct items once plus the index pairs, rebuilt from the manual
+  directory's files by the same seeded pairing).
+  """
+  full = full_name(name_or_config)
+  dataset, config = full.split('/', 1)
+  module = _register(dataset, BUILDER_FILES[dataset])
+  make = getattr(module, 'compact_source', None)
+  if make is None:
+    return None
+  return make(config, split, None if manual_dir is None else _expand(
+      manual_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
   """Prepares one dataset config from the command line."""
   parser = argparse.ArgumentParser(
       description='Prepare a TFDS dataset of mmvaeplus_jax (array_record, '
       'no TensorFlow needed).')
   parser.add_argument(
-      'name', help='polymnist/mini (offline demo), polymnist/rebuilt or '
-      'polymnist/official')
+      'name', help='polymnist/mini (offline demo), polymnist/rebuilt, '
+      'polymnist/official, mnist_svhn/dm30 or mnist_svhn/dm1')
   parser.add_argument('--data_dir', required=True, help='TFDS data directory')
   parser.add_argument(
       '--manual_dir', default=None,

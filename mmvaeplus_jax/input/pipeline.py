@@ -48,6 +48,46 @@ class ArraySource:
     return {k: v[indices] for k, v in self.arrays.items()}
 
 
+class PairedSource:
+  """Examples that pair items stored once (MNIST-SVHN uses each item 30
+  times): field k of example i is `items[k][index[k][i]]` for the keys of
+  `items`, `fields[k][i]` for the others.
+
+  Args:
+    items: `{name: [N_name, ...]}` the distinct items of each paired field.
+    index: `{name: [P]}` integer positions into `items[name]`.
+    fields: `{key: [P, ...]}` per-example fields (labels, indices).
+  """
+
+  def __init__(self, items: Mapping[str, np.ndarray],
+               index: Mapping[str, np.ndarray],
+               fields: Mapping[str, np.ndarray]):
+    if set(items) != set(index):
+      raise ValueError(
+          f'items and index need the same keys, got {sorted(items)} and'
+          f' {sorted(index)}')
+    sizes = {k: len(v) for k, v in {**index, **fields}.items()}
+    if len(set(sizes.values())) != 1:
+      raise ValueError(
+          f'all index and field arrays need the same length, got {sizes}')
+    for k, i in index.items():
+      if len(i) and (np.min(i) < 0 or np.max(i) >= len(items[k])):
+        raise ValueError(
+            f'index[{k!r}] must lie in [0, {len(items[k])}), got'
+            f' [{np.min(i)}, {np.max(i)}]')
+    self.items, self.index = dict(items), dict(index)
+    self.fields = dict(fields)
+    self._n = next(iter(sizes.values()))
+
+  def __len__(self) -> int:
+    return self._n
+
+  def read(self, indices):
+    out = {k: v[self.index[k][indices]] for k, v in self.items.items()}
+    out.update({k: v[indices] for k, v in self.fields.items()})
+    return out
+
+
 class DataSource:
   """A TFDS random-access data source (`builder.as_data_source(split)`)."""
 

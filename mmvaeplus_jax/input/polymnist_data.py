@@ -232,7 +232,7 @@ def _check_sha256(path: pathlib.Path) -> None:
   if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
     _log.warning(
         '%s is a valid IDX file but not the canonical MNIST file (sha256 '
-        'differs); the dataset will not be MNIST-based PolyMNIST.', path)
+        'differs); datasets built from it are not MNIST-based.', path)
 
 
 def load_mnist(

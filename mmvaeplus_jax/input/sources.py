@@ -41,11 +41,18 @@ def prepare_data(data) -> None:
 
 def split_source(data, split: str) -> pipeline.Source:
   """One split of the (prepared) dataset as a `pipeline.Source`: in memory
-  (`data.in_memory`) or read on demand from the TFDS data source."""
+  (`data.in_memory`) or read on demand from the TFDS data source.
+
+  In memory, a builder module's `compact_source` (when it has one, e.g.
+  MNIST-SVHN's, whose pairs repeat each item 30 times) replaces reading the
+  whole split (`builders.compact_source`)."""
   from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
   name = dataset_name(data)
   manual_dir = data.manual_dir or None
   if data.in_memory:
+    compact = builders.compact_source(name, split, manual_dir=manual_dir)
+    if compact is not None:
+      return compact
     return pipeline.ArraySource(builders.load_split(
         name, split, data.data_dir, manual_dir=manual_dir))
   builder = builders.prepare(name, data.data_dir, manual_dir=manual_dir)

@@ -8,6 +8,9 @@ Names (`config.model.name`):
   `polymnist_dmvae`: the Gaussian baselines (`models/{mvae,mopoe,mmjsd,
   dmvae}.py`); MVAE and MoPoE ignore `config.model.dim_w` (no private
   latents) and all four ignore `family` (Gaussian posteriors).
+* `mnist_svhn_mmvaeplus`, `mnist_svhn_mmvae`, `mnist_svhn_dmvae`: the
+  MNIST-SVHN networks (`models/mnist_svhn.py`, MMVAE's or DMVAE's by
+  `config.model.arch`) under MMVAE+, MMVAE and DMVAE.
 """
 
 from __future__ import annotations
@@ -18,10 +21,34 @@ MODEL_NAMES = ('polymnist_mmvaeplus', 'polymnist_mmvae', 'polymnist_mvae',
 _GAUSSIAN = {'polymnist_mvae': 'mvae', 'polymnist_mopoe': 'mopoe',
              'polymnist_mmjsd': 'mmjsd', 'polymnist_dmvae': 'dmvae'}
 
+# MNIST-SVHN (models/mnist_svhn.py): MMVAE+ and MMVAE (dim_w = 0).
+MNIST_SVHN_MODEL_NAMES = ('mnist_svhn_mmvaeplus', 'mnist_svhn_mmvae',
+                          'mnist_svhn_dmvae')
+MODEL_NAMES += MNIST_SVHN_MODEL_NAMES
+
+
+def _get_mnist_svhn_model(config):
+  from mmvaeplus_jax.models import mnist_svhn  # pylint: disable=g-import-not-at-top
+  if config.name == 'mnist_svhn_dmvae':
+    from mmvaeplus_jax.models import dmvae  # pylint: disable=g-import-not-at-top
+    mods = mnist_svhn.modalities(
+        config.dim_w, config.dim_z, arch=config.arch,
+        likelihood_scale=config.likelihood_scale,
+        mnist_lambda=config.mnist_lambda)
+    return dmvae.DMVAE(mods, dim_w=config.dim_w, dim_z=config.dim_z,
+                       family='normal', remat=config.get('remat', False))
+  return mnist_svhn.make_mnist_svhn(
+      config.name.removeprefix('mnist_svhn_'),
+      dim_w=config.dim_w, dim_z=config.dim_z, arch=config.arch,
+      family=config.family, likelihood_scale=config.likelihood_scale,
+      mnist_lambda=config.mnist_lambda, remat=config.get('remat', False))
+
 
 def get_model(config):
   """Builds the model a `config.model` section names."""
   from mmvaeplus_jax.models import polymnist  # pylint: disable=g-import-not-at-top
+  if config.name in MNIST_SVHN_MODEL_NAMES:
+    return _get_mnist_svhn_model(config)
   common = dict(
       num_modalities=config.num_modalities,
       names=config.get('modalities', ''), dim_z=config.dim_z,
