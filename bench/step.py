@@ -3,6 +3,7 @@
     python bench/step.py                                # the default case
     python bench/step.py --cases=official2024,dreg_k10_b16 --out=r.jsonl
     python bench/step.py --sweep=K --sweep_width=0.125 --out=r.jsonl
+    python bench/step.py --sweep=models --out=r.jsonl   # one row per model
     python bench/step.py --cases=official2024 --compute_dtype=bfloat16
 
 Each case builds the config of its recipe (`mmvaeplus_jax/configs/
@@ -88,6 +89,9 @@ SWEEPS = {
     'K': 'K in 1,2,5,10,20 (paper_dreg recipe: DReG; M=5)',
     'M': 'M in 2,3,4,5 modalities (2024 recipe: K=1, IWAE)',
     'batch': 'batch size (2024 recipe); CPU 8..128, GPU 16..512',
+    'models': 'every model (configs/polymnist.py paper_grid,model=<name>: '
+              'each model\'s own K, estimator and latent sizes) at the sweep '
+              'width and batch',
     'devices': 'number of devices (2024 recipe): CPU: 1,2,4,8 fake devices '
                '(XLA_FLAGS in a subprocess; they share the same cores, so '
                'this shows the partitioning overhead, not a speed-up); '
@@ -98,7 +102,7 @@ SWEEPS = {
 @dataclasses.dataclass
 class Case:
   name: str
-  recipe: str = 'official2024'  # config variant of configs/polymnist.py
+  recipe: str = 'official2024'  # configs/polymnist.py argument (variant,...)
   width: float = 1.0
   num_modalities: int = 5
   num_samples: int | None = None  # None: the recipe's K
@@ -136,7 +140,7 @@ def parse_args(argv=None):
                  help='comma-separated named cases (below); default '
                       'cpu_default when no --sweep is given')
   p.add_argument('--sweep', default='',
-                 help='comma-separated sweeps: K, M, batch, devices')
+                 help='comma-separated sweeps: K, M, batch, models, devices')
   p.add_argument('--sweep_width', type=float, default=None,
                  help='width of sweep cases (default: 0.125 on CPU, 1.0 '
                       'otherwise)')
@@ -243,6 +247,11 @@ def build_cases(args, plat, num_devices):
                           else (16, 32, 64, 128, 256, 512)):
         cases.append(Case(f'B={b}', width=width, batch_size=b,
                           sweep='batch'))
+    elif sweep == 'models':
+      from mmvaeplus_jax.configs import polymnist  # pylint: disable=g-import-not-at-top
+      for m in polymnist.MODELS:
+        cases.append(Case(f'model={m}', recipe=f'paper_grid,model={m}',
+                          width=width, batch_size=batch, sweep='models'))
     elif sweep == 'devices':
       if cpu:
         counts = custom or (1, 2, 4, 8)

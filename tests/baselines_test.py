@@ -288,6 +288,7 @@ def test_smoke_config_builds_every_model():
   assert (grid.model.dim_w, grid.model.dim_z) == (8, 56)
 
 
+@pytest.mark.slow  # ~20 s each (compilation); CI runs the slow tests too
 @pytest.mark.parametrize('kind', ['mmvae', 'mvae', 'mopoe', 'mmjsd',
                                   'dmvae'])
 def test_short_training_run_decreases_the_loss(kind, images):

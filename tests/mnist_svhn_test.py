@@ -308,7 +308,8 @@ def test_network_shapes_and_ranges(arch):
 
 
 @pytest.mark.parametrize('arch', mnist_svhn.ARCHS)
-@pytest.mark.parametrize('name,dim_w', [('mmvaeplus', 2), ('mmvae', 0)])
+@pytest.mark.parametrize('name,dim_w', [
+    ('mmvaeplus', 2), pytest.param('mmvae', 0, marks=pytest.mark.slow)])
 def test_objective_runs(arch, name, dim_w):
   batch = _batch(2)
   model = mnist_svhn.make_mnist_svhn(name, dim_w=dim_w, dim_z=3, arch=arch)
