@@ -282,6 +282,7 @@ def test_mmvae_networks_parameter_counts(dim_w):
   assert count(params['decoders']['svhn']) == want['svhn_dec']
 
 
+@pytest.mark.slow  # ~20 s each (compilation); CI runs the slow tests too
 @pytest.mark.parametrize('arch', mnist_svhn.ARCHS)
 def test_network_shapes_and_ranges(arch):
   batch = _batch(3)
@@ -307,7 +308,8 @@ def test_network_shapes_and_ranges(arch):
   assert mnist0.encoder.apply(enc, batch['mnist'])[0].shape == (3, 0)
 
 
-@pytest.mark.parametrize('arch', mnist_svhn.ARCHS)
+@pytest.mark.parametrize('arch', [
+    'dmvae', pytest.param('mmvae', marks=pytest.mark.slow)])
 @pytest.mark.parametrize('name,dim_w', [
     ('mmvaeplus', 2), pytest.param('mmvae', 0, marks=pytest.mark.slow)])
 def test_objective_runs(arch, name, dim_w):
