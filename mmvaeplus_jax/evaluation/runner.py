@@ -149,11 +149,13 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
 
 @api.register('grids')
 def grids_evaluator(ctx: api.EvalContext) -> dict:
-  """The training loop's two sample grids (`plotting.write_sample_grids`), cheap:
-  `unconditional_<step>.png` and `cross_modal_<step>.png` in `ctx.out_dir`."""
+  """The training loop's two sample grids (`plotting.write_sample_grids`),
+  cheap: `unconditional_<step>.png` and `cross_modal_<step>.png` in
+  `ctx.out_dir`."""
   plotting.write_sample_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
-                   pipeline.ArraySource(ctx.data), ctx.key,
-                   ctx.config.evals.grid_examples, ctx.mesh, subdir='')
+                              pipeline.ArraySource(ctx.data), ctx.key,
+                              ctx.config.evals.grid_examples, ctx.mesh,
+                              subdir='')
   return {}
 
 
