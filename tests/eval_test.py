@@ -452,7 +452,6 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   from mmvaeplus_jax import models
   from mmvaeplus_jax.configs import polymnist as polymnist_configs
   from mmvaeplus_jax.input import builders
-  from mmvaeplus_jax.training import checkpointing
   from mmvaeplus_jax.training import step as step_lib
 
   data_dir = tmp_path / 'tfds'
@@ -463,22 +462,7 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   config.data.data_dir = str(data_dir)
   model = models.get_model(config.model)
   tx = step_lib.make_optimizer(config.optim)
-  example = {n: np.zeros((1, 28, 28, 3), np.float32) for n in model.names}
-  # Random weights of the right shapes from numpy (compiling Flax's init
-  # takes minutes on a busy 2-core CPU).
-  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(rng.uniform(-1, 1, s.shape) / np.sqrt(
-          np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100), s.dtype),
-      abstract)
-  zero = jnp.zeros((), jnp.int32)
-  state = step_lib.TrainState(
-      step=jnp.int32(3), params=params, opt_state=tx.init(params),
-      nonfinite_consecutive=zero, nonfinite_total=zero)
-  manager = checkpointing.make_manager(str(workdir / 'checkpoints'))
-  checkpointing.save(manager, 3, state)
-  manager.wait_until_finished()
+  toy_models.save_random_checkpoint(model, tx, workdir / 'checkpoints', 3)
   clf_dir = tmp_path / 'clf'
   classifiers.save_classifiers(clf_dir, {
       n: classifiers.init(jax.random.key(i)) for i, n in enumerate(model.names)

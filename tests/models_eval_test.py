@@ -21,8 +21,8 @@ from mmvaeplus_jax import runs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import runner
-from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import step as step_lib
+import toy_models
 
 POLYMNIST_MODELS = tuple(n for n in models.MODEL_NAMES
                          if n.startswith('polymnist_'))
@@ -46,30 +46,14 @@ def smoke_config(name, data_dir):
   return config
 
 
-def _random_state(model, tx, step):
-  example = {m.name: np.zeros((1,) + tuple(m.event_shape), np.float32)
-             for m in model.modalities}
-  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(rng.uniform(-1, 1, s.shape) / np.sqrt(
-          np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100), s.dtype),
-      abstract)
-  zero = jnp.zeros((), jnp.int32)
-  return step_lib.TrainState(
-      step=jnp.int32(step), params=params, opt_state=tx.init(params),
-      nonfinite_consecutive=zero, nonfinite_total=zero)
-
-
 @pytest.mark.parametrize('name', PARAMS)
 def test_every_model_through_every_evaluator(name, data_dir, tmp_path):
   config = smoke_config(name, data_dir)
   model = models.get_model(config.model)
   tx = step_lib.make_optimizer(config.optim)
   workdir = tmp_path / 'run'
-  manager = checkpointing.make_manager(str(workdir / 'checkpoints'))
-  checkpointing.save(manager, 2, _random_state(model, tx, 2))
-  manager.wait_until_finished()
+  state = toy_models.save_random_checkpoint(model, tx,
+                                           workdir / 'checkpoints', 2)
   runs.save_config(config, str(workdir))
   clf_dir = tmp_path / 'clf'
   classifiers.save_classifiers(clf_dir, {
@@ -108,7 +92,7 @@ def test_every_model_through_every_evaluator(name, data_dir, tmp_path):
   assert any(f.startswith('private_conditioning_') for f in files) == has_w
   # The trainer's step runs the model's objective with its default
   # estimator: a finite loss and gradient.
-  state = _random_state(model, tx, 0)
+  state = state.replace(step=jnp.zeros((), jnp.int32))
   batch = {n: jnp.asarray(np.random.default_rng(1).uniform(
       0, 1, (4, 28, 28, 3)), jnp.float32) for n in names}
   new, metrics = jax.jit(step_lib.make_train_step(config, model, tx))(

@@ -3,7 +3,6 @@
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ import mmvaeplus_jax
 from mmvaeplus_jax import runs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.configs import run as run_config
-from mmvaeplus_jax.training import checkpointing
+import toy_models
 from mmvaeplus_jax.training import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -49,18 +48,9 @@ def test_load_run_restores_the_checkpoint(tmp_path):
   config = _config()
   model = runs.model_of(config)
   tx = step_lib.make_optimizer(config.optim)
-  example = {n: np.zeros((1, 28, 28, 3), np.float32) for n in model.names}
-  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(
-      lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), abstract)
-  zero = jnp.zeros((), jnp.int32)
-  state = step_lib.TrainState(
-      step=jnp.int32(5), params=params, opt_state=tx.init(params),
-      nonfinite_consecutive=zero, nonfinite_total=zero)
-  manager = checkpointing.make_manager(str(tmp_path / 'checkpoints'))
-  checkpointing.save(manager, 5, state)
-  manager.wait_until_finished()
+  state = toy_models.save_random_checkpoint(model, tx,
+                                           tmp_path / 'checkpoints', 5)
+  params = state.params
   runs.save_config(config, str(tmp_path))
 
   run = mmvaeplus_jax.load_run(str(tmp_path))

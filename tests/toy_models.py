@@ -63,3 +63,30 @@ def toy_batch(model, batch_size, seed=0):
           rng.normal(size=(batch_size,) + m.event_shape), jnp.float32)
       for m in model.modalities
   }
+
+
+def save_random_checkpoint(model, tx, directory, step):
+  """Saves a train state with random weights of `model`'s shapes (drawn
+  with NumPy, scaled by 1/sqrt(fan-in)) as training saves it, at `step` in
+  `directory`; returns the state. Compiling Flax's init and a train step
+  would cost minutes on a busy 2-core CPU; evaluation tests need only a
+  checkpoint of the right structure."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  example = {m.name: np.zeros((1,) + tuple(m.event_shape), np.float32)
+             for m in model.modalities}
+  abstract = jax.eval_shape(model.init, jax.random.key(0), example)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(rng.uniform(-1, 1, s.shape) / np.sqrt(
+          np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100), s.dtype),
+      abstract)
+  zero = jnp.zeros((), jnp.int32)
+  state = step_lib.TrainState(
+      step=jnp.int32(step), params=params, opt_state=tx.init(params),
+      nonfinite_consecutive=zero, nonfinite_total=zero)
+  manager = checkpointing.make_manager(str(directory))
+  checkpointing.save(manager, step, state)
+  manager.wait_until_finished()
+  return state

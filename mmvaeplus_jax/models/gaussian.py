@@ -123,17 +123,7 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
       `[*S, B]`.
     """
     mod = self.modalities[self.names.index(name)]
-
-    def one(p, ui, x):  # ui [*S, B, D] -> [*S, B]
-      # B as the major axis when flattening (see MMVAEPlus).
-      ub = jnp.moveaxis(ui, -2, 0)  # [B, *S, D]
-      out = mod.decoder.apply({'params': p}, ub.reshape((-1, ub.shape[-1])))
-      out = out.reshape(ub.shape[:-1] + out.shape[1:])  # [B, *S, *event]
-      out = jnp.moveaxis(out, 0, ui.ndim - 2)  # [*S, B, *event]
-      return mod.log_likelihood(x, out)
-
-    if self.remat:
-      one = mmvaeplus._remat_over_last_sample_axis(one)  # pylint: disable=protected-access
+    one = self.modality_log_likelihood_fn(mod)
     return mod.likelihood_scale * one(params['decoders'][name], u,
                                       batch[name])
 

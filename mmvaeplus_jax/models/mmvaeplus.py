@@ -222,22 +222,28 @@ class MMVAEPlus(base.MultimodalVAE):
       lam = jnp.asarray([self.modalities[i].likelihood_scale for i in idx],
                         jnp.float32)
 
-      def one(p, ui, xi):  # ui [*S, B, D], xi [B, *event] -> [*S, B]
-        # Flatten with B as the major axis: a batch sharded over devices then
-        # stays sharded in the decoder. Flattening [*S, B] with B minor made
-        # XLA gather all M * K * B latents and run every decoder on the whole
-        # batch on each device (seen in the partitioned HLO, 2 CPU devices).
-        ub = jnp.moveaxis(ui, -2, 0)  # [B, *S, D]
-        out = mod.decoder.apply({'params': p}, ub.reshape((-1, ub.shape[-1])))
-        out = out.reshape(ub.shape[:-1] + out.shape[1:])  # [B, *S, *event]
-        out = jnp.moveaxis(out, 0, ui.ndim - 2)  # [*S, B, *event]
-        return mod.log_likelihood(xi, out)
-
-      if self.remat:
-        one = _remat_over_last_sample_axis(one)
+      one = self.modality_log_likelihood_fn(mod)
       ll = jax.vmap(one)(self._stacked(params, 'decoders', idx), ud, x)
       total = total + jnp.tensordot(lam, ll, axes=1)
     return total
+
+  def modality_log_likelihood_fn(self, mod: Modality):
+    """`(decoder params, u [*S, B, D], x [B, *event]) -> [*S, B]`: modality
+    `mod`'s unscaled log-likelihood of `x` under its decoder at latents
+    `u` (rematerialised per sample slice when `remat`)."""
+
+    def one(p, ui, xi):
+      # Flatten with B as the major axis: a batch sharded over devices then
+      # stays sharded in the decoder. Flattening [*S, B] with B minor made
+      # XLA gather all M * K * B latents and run every decoder on the whole
+      # batch on each device (seen in the partitioned HLO, 2 CPU devices).
+      ub = jnp.moveaxis(ui, -2, 0)  # [B, *S, D]
+      out = mod.decoder.apply({'params': p}, ub.reshape((-1, ub.shape[-1])))
+      out = out.reshape(ub.shape[:-1] + out.shape[1:])  # [B, *S, *event]
+      out = jnp.moveaxis(out, 0, ui.ndim - 2)  # [*S, B, *event]
+      return mod.log_likelihood(xi, out)
+
+    return _remat_over_last_sample_axis(one) if self.remat else one
 
   def decode(self, params, name: str, u: Array) -> Array:
     """Decodes `u [..., Dw + Dz]` with modality `name`: `[..., *event]`."""
