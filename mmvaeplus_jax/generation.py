@@ -44,7 +44,14 @@ def cross_modal_by_target(key, model, params, batch, *, alpha=1.0):
     a tuple over targets d of `[M_source, B, *event_d]` decoder means (the
     diagonal is also decoded from p(w)); modalities may differ in shape.
   """
-  post = model.encode(params, batch)
+  return cross_modal_from_posteriors(key, model, params,
+                                     model.encode(params, batch), alpha=alpha)
+
+
+def cross_modal_from_posteriors(key, model, params, post, *, alpha=1.0):
+  """`cross_modal_by_target` given the encoders' posteriors `post`
+  (`model.encode(params, batch)`, `[M, B, D]`): draw many samples of one
+  batch without encoding it again."""
   m, b = post.loc_z.shape[:2]
   kz, kw = jax.random.split(key)
   # z_e ~ q(z | x_e), the model's posterior given modality e alone.

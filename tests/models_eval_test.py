@@ -33,8 +33,8 @@ POLYMNIST_MODELS = tuple(n for n in models.MODEL_NAMES
 DEFAULT = ('polymnist_mopoe',)
 PARAMS = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow)
           for n in POLYMNIST_MODELS]
-EVALUATORS = ('bound,coherence,fd_clf,latent_classification,likelihood,'
-              'figures,grids')
+EVALUATORS = ('bound,coherence,fd_clf,latent_classification,diversity,'
+              'likelihood,figures,grids')
 
 
 def smoke_config(name, data_dir):
@@ -68,7 +68,7 @@ def test_every_model_through_every_evaluator(name, data_dir, tmp_path):
       likelihood_num_examples=8, likelihood_num_samples=4,
       likelihood_chunk=2, likelihood_batch_size=8, figures_samples=1,
       figures_unconditional=2, traversal_steps=3, alpha_grid=(0.5, 1.0),
-      alpha_grid_samples=1)
+      alpha_grid_samples=1, diversity_num_examples=6, diversity_repeats=3)
 
   out = runner.evaluate(config, str(workdir))
 
@@ -76,7 +76,8 @@ def test_every_model_through_every_evaluator(name, data_dir, tmp_path):
   names = model.names
   finite = ['eval/bound', 'coherence/cond/mean', 'coherence/uncond',
             'fd_clf/cond/mean/with_self', 'fd_clf/uncond/mean',
-            'latent/mean/z', 'latent/all', 'likelihood/log_px']
+            'latent/mean/z', 'latent/all', 'likelihood/log_px',
+            'diversity/cond/mean', 'diversity/real/mean', 'diversity/ratio']
   finite += [f'coherence/cond/{s}->{t}' for s in names for t in names
              if s != t]
   for k in finite:

@@ -142,3 +142,21 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
     assert math.isfinite(table[cell]['eval/bound'][0])
   assert (tmp_path / 'classifiers').is_dir()  # trained once for the study
   assert 'mmvaeplus' in (tmp_path / 'results.md').read_text()
+
+
+def test_classifiers_of_an_earlier_start_are_reused(tmp_path, monkeypatch):
+  """A restarted study must score every run with the same classifiers: it
+  reuses root/classifiers instead of training (and overwriting) them."""
+  from mmvaeplus_jax.evaluation import classifiers
+  study = _study(classifier_dir='')
+  out = tmp_path / 'classifiers'
+  out.mkdir()
+  (out / classifiers.METADATA_FILE).write_text('{}')
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('classifiers retrained on a restart')
+
+  monkeypatch.setattr(classifiers, 'train_and_evaluate', no_training)
+  assert study_lib.ensure_classifiers(study, str(tmp_path)) == str(out)
+  config = study_lib.run_config(study.cells[0], 1, str(out))
+  assert config.evals.classifier_dir == str(out) and config.seed == 1

@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict(dict(
       # eval.py's plug-ins (evaluation.api), comma-separated, run in order.
       evaluators=('bound,coherence,fid,fd_clf,latent_classification,'
-                  'likelihood,figures,alpha_sweep'),
+                  'diversity,likelihood,figures,alpha_sweep'),
       num_examples=-1,  # test examples evaluated by eval.py (-1: all)
       batch_size=256,  # examples per device call (rounded to the devices)
       bound_num_samples=10,  # K of the reported test bound
@@ -132,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Linear latent classification.
       latent_num_train=-1,  # training examples (-1: the whole split)
       latent_max_iter=1000,
+      # Sample diversity (evaluation.diversity).
+      diversity_num_examples=500,  # test inputs (-1: all evaluated)
+      diversity_repeats=10,  # cross-modal samples per input and pair
       # Importance-sampled log p(x_1:M).
       likelihood_num_examples=1000,
       likelihood_num_samples=1000,  # K per mixture component (M K in all)

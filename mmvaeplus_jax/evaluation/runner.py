@@ -21,6 +21,8 @@ Evaluators (default: all of them, in this order):
   (`evaluation.fd_clf`; needs classifiers);
 * `latent_classification`: linear probes on u, w, z
   (`evaluation.latent_classification`);
+* `diversity`: the spread of repeated cross-modal samples of one input
+  against the real within-class spread (`evaluation.diversity`);
 * `likelihood`: importance-sampled log p(x_1:M) (`evaluation.likelihood`);
 * `figures`: the paper's figures (`evaluation.figures`; when that module is
   absent, the training loop's sample grids and a `skipped` reason).
@@ -52,6 +54,7 @@ from mmvaeplus_jax import runs
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
+from mmvaeplus_jax.evaluation import diversity  # registers 'diversity'
 from mmvaeplus_jax.evaluation import fd_clf  # registers 'fd_clf'
 from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
 from mmvaeplus_jax.evaluation import latent_classification  # registers it
@@ -62,7 +65,7 @@ from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import step as step_lib
 from mmvaeplus_jax.training import writers
 
-del fd_clf, frechet, latent_classification, likelihood  # imported to register
+del diversity, fd_clf, frechet, latent_classification, likelihood  # registered
 
 # Evaluators provided by modules that may be missing from a checkout
 # (written separately): name -> module. Imported lazily; a missing module
