@@ -45,20 +45,25 @@ config_flags.DEFINE_config_file(
     ' <workdir>/config.json).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training run directory.', required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_string('tag', '', 'Write to DIR/eval/<step>-<tag>/ instead of'
+                    ' DIR/eval/<step>/ (e.g. another classifier set), no'
+                    ' TensorBoard scalars.')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   parallel.configure_jax()
-  metrics = runner.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)
+  metrics = runner.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step,
+                            tag=FLAGS.tag)
   shown = {k: v for k, v in metrics.items()
            if not isinstance(v, (dict, list)) and '->' not in k}
   for k in sorted(shown):
     print(f'{k}: {shown[k]}')
   for name, reason in sorted(metrics.get('skipped', {}).items()):
     print(f'skipped {name}: {reason}')
-  out_dir = os.path.join(FLAGS.workdir, 'eval', str(metrics['step']))
+  out_dir = os.path.join(FLAGS.workdir, 'eval', str(metrics['step']) + (
+      f'-{FLAGS.tag}' if FLAGS.tag else ''))
   print(f'written to {out_dir}')
 
 

@@ -23,6 +23,10 @@ Command line (study definitions are Python files with `get_study(arg)`):
 
     python -m mmvaeplus_jax.study --study=studies/polymnist_cpu.py:fig1 \
         --root=runs/study_fig1 [--set data.manual_dir=../shared/data ...]
+
+The same command with `--report OUT_DIR` writes the finished runs' figures
+and with `--rescore CLASSIFIER_DIR --tag NAME` re-scores their coherence
+with another classifier set (`study_report`); neither trains anything.
 """
 
 from __future__ import annotations
@@ -285,12 +289,33 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--root', required=True, help='the study directory')
   parser.add_argument('--set', action='append', default=[],
                       help='key=value applied to every cell config')
+  parser.add_argument('--report', default='',
+                      help='write the figures of the finished runs into'
+                      ' this folder (study_report.write_figures); trains'
+                      ' nothing')
+  parser.add_argument('--rescore', default='',
+                      help='re-score the finished runs with this classifier'
+                      ' folder (study_report.rescore, needs --tag); trains'
+                      ' nothing')
+  parser.add_argument('--tag', default='',
+                      help='name of the --rescore evaluation')
   args = parser.parse_args(argv)
+  if args.rescore and not args.tag:
+    parser.error('--rescore needs --tag NAME')
   from mmvaeplus_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.configure_jax()
   study = load_study(args.study, args.set)
   print(f'study {study.name}: {len(study.cells)} cells x {len(study.seeds)}'
         f' seeds -> {os.path.abspath(args.root)}', flush=True)
+  if args.report or args.rescore:
+    from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
+    if args.rescore:
+      print(study_report.rescore(study, args.root, args.rescore, args.tag,
+                                 log=lambda m: print(m, flush=True)))
+    if args.report:
+      files = study_report.write_figures(study, args.root, args.report)
+      print(f'wrote {", ".join(files)} to {args.report}')
+    return
   run_study(study, args.root, log=lambda m: print(m, flush=True))
   print(open(os.path.join(args.root, 'results.md')).read())
 

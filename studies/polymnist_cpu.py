@@ -32,7 +32,7 @@ from mmvaeplus_jax.configs import polymnist
 METRICS = (
     'coherence/cond/mean', 'coherence/uncond', 'fd_clf/cond/mean/with_self',
     'fd_clf/uncond/mean', 'latent/mean/z', 'latent/mean/w', 'latent/mean/u',
-    'eval/bound')
+    'diversity/cond/mean', 'diversity/ratio', 'eval/bound')
 
 
 def _cell(name, model, beta, *, steps, width, dim_w=-1, data='rebuilt'):
@@ -50,7 +50,8 @@ def _cell(name, model, beta, *, steps, width, dim_w=-1, data='rebuilt'):
                  eval_every_steps=steps, checkpoint_every_steps=max(
                      1, steps // 4), eval_examples=1000)
   c.evals.update(
-      evaluators='bound,coherence,fd_clf,latent_classification,figures',
+      evaluators=('bound,coherence,fd_clf,latent_classification,diversity,'
+                  'figures'),
       num_examples=2000, num_unconditional=2000, latent_num_train=5000,
       fd_clf_num_examples=2000, fd_clf_num_unconditional=2000,
       bound_num_samples=10, all_subsets=True)
@@ -81,7 +82,7 @@ def get_study(arg=None):
       cell.config.model.update(num_modalities=2, dim_z=4)
       cell.config.train.update(batch_size=8, eval_examples=16)
       cell.config.evals.update(
-          evaluators='bound,coherence', num_examples=32, batch_size=16,
+          evaluators='bound,coherence,grids', num_examples=32, batch_size=16,
           num_unconditional=32, bound_num_samples=2, all_subsets=False)
     seeds = seeds[:2] if a.seeds == 3 else seeds
   else:

@@ -143,6 +143,22 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
   assert (tmp_path / 'classifiers').is_dir()  # trained once for the study
   assert 'mmvaeplus' in (tmp_path / 'results.md').read_text()
 
+  # The report's figures (real grids copied) and a re-score with the same
+  # classifiers: the same coherence, in eval/<step>-<tag>/, the main
+  # evaluation untouched.
+  from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
+  files = study_report.write_figures(study, str(tmp_path),
+                                     str(tmp_path / 'figs'))
+  assert {'grid_mmvaeplus.png', 'grid_mmvae.png', 'scatter.png'} <= set(files)
+  main_metrics = tmp_path / 'mmvae' / 'seed0' / 'eval' / '4' / 'metrics.json'
+  before = main_metrics.read_bytes()
+  text = study_report.rescore(study, str(tmp_path),
+                              str(tmp_path / 'classifiers'), 'same',
+                              log=lambda m: None)
+  assert main_metrics.read_bytes() == before
+  assert (main_metrics.parent.parent / '4-same' / 'metrics.json').is_file()
+  assert '| mmvae | coherence/cond/mean |' in text and '+0.000 ± 0.000' in text
+
 
 def test_classifiers_of_an_earlier_start_are_reused(tmp_path, monkeypatch):
   """A restarted study must score every run with the same classifiers: it

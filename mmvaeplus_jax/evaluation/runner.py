@@ -259,7 +259,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def evaluate(config, workdir: str, step: int | None = None, *,
-             devices=None) -> dict:
+             devices=None, tag: str = '') -> dict:
   """Evaluates checkpoint `step` (default: the latest) of `workdir`.
 
   Args:
@@ -268,15 +268,20 @@ def evaluate(config, workdir: str, step: int | None = None, *,
     step: the checkpoint step (None: the latest).
     devices: the devices of the evaluation mesh (default: all, every host's).
       The numbers do not depend on this choice (`api.map_batches`).
+    tag: '' writes `workdir/eval/<step>/` and TensorBoard scalars; a tag
+      writes `workdir/eval/<step>-<tag>/` only (another classifier set, an
+      extra sweep: the step's main evaluation is left as it is).
 
   Returns:
-    The metrics written to `workdir/eval/<step>/metrics.json`.
+    The metrics written to `workdir/eval/<step>[-<tag>]/metrics.json`.
 
   Raises:
     KeyError: `config.evals.evaluators` names an unknown evaluator (before
       anything runs).
   """
   checkpointing.quiet_orbax()
+  if tag and not all(ch.isalnum() or ch in '_.' for ch in tag):
+    raise ValueError(f'evaluation tag {tag!r}: use letters, digits, _ .')
   evaluators = resolve(config.evals.evaluators)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
@@ -290,7 +295,7 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   repl = parallel.replicated(mesh)
   params, step = runs.restore_params(config, model, workdir, step,
                                      sharding=repl)
-  out_dir = os.path.join(workdir, 'eval', str(step))
+  out_dir = os.path.join(workdir, 'eval', f'{step}-{tag}' if tag else str(step))
   os.makedirs(out_dir, exist_ok=True)
   root = jax.random.fold_in(jax.random.key(config.seed), ROOT_KEY_SALT)
 
@@ -317,8 +322,9 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2, sort_keys=True)
-    writer = writers.create_writer(os.path.join(workdir, 'eval'))
-    writer.write_scalars(step, _scalars(metrics))
-    writer.flush()
+    if not tag:
+      writer = writers.create_writer(os.path.join(workdir, 'eval'))
+      writer.write_scalars(step, _scalars(metrics))
+      writer.flush()
   logging.info('Evaluation of step %d written to %s', step, out_dir)
   return metrics

@@ -1,0 +1,210 @@
+"""A study's figures and its re-scoring with another classifier set.
+
+* `write_figures(study, root, out_dir)`: from the finished runs
+  (`study.collect`), PNGs for docs/results.md: `scatter.png` (Fig. 1
+  right: conditional coherence vs FD_clf, and the unconditional pair; one
+  point per cell, mean +- std over seeds), `latent.png` (Fig. 11: linear
+  latent classification on z, w, u per cell), `diversity.png` (sample
+  diversity vs coherence, the real within-class spread as a line) and
+  `grid_<cell>.png` (Fig. 1 left: the conditional samples of the cell's
+  first finished seed, copied from its `eval/<step>/`: the `figures`
+  evaluator's `cross_modal_<first modality>.png`, else the `grids`
+  evaluator's `cross_modal_<step>.png`).
+* `rescore(study, root, classifier_dir, tag)`: re-runs the classifier-based
+  evaluators (coherence by default) of every finished run with another
+  classifier set into `eval/<step>-<tag>/` (`runner.evaluate(tag=...)`;
+  the main evaluation is left as it is; runs already re-scored are
+  skipped) and writes `root/rescore_<tag>.md`: per cell, the metric with
+  the study's classifiers, with the other set, and their difference, mean
+  +- std over seeds.
+
+Command line: `python -m mmvaeplus_jax.study ... --report OUT_DIR` and
+`--rescore CLASSIFIER_DIR --tag NAME`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from typing import Callable, Sequence
+
+from matplotlib import figure as mpl_figure
+import numpy as np
+
+from mmvaeplus_jax import study as study_lib
+
+DPI = 120
+LATENT_KINDS = ('z', 'w', 'u')
+
+
+def _mean_std(records, key):
+  vals = [float(r['eval'][key]) for r in records
+          if key in r['eval'] and math.isfinite(float(r['eval'][key]))]
+  if not vals:
+    return math.nan, math.nan
+  return float(np.mean(vals)), (
+      float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+
+
+def _by_cell(study, records):
+  return [(c.name, [r for r in records if r['cell'] == c.name])
+          for c in study.cells]
+
+
+def _scatter(ax, cells, x_key, y_key, title):
+  for i, (name, recs) in enumerate(cells):
+    (x, dx), (y, dy) = _mean_std(recs, x_key), _mean_std(recs, y_key)
+    if not (math.isfinite(x) and math.isfinite(y)):
+      continue
+    ax.errorbar(x, y, xerr=dx, yerr=dy, fmt='o', color=f'C{i % 10}',
+                capsize=3, label=f'{name} (n={len(recs)})')
+  ax.set(xlabel=x_key, ylabel=y_key, title=title)
+  ax.grid(alpha=0.3)
+
+
+def write_figures(study, root: str, out_dir: str, *,
+                  cond=('fd_clf/cond/mean/with_self', 'coherence/cond/mean'),
+                  uncond=('fd_clf/uncond/mean', 'coherence/uncond'),
+                  grid_file: str | None = None) -> list[str]:
+  """Writes the study's figures (module docstring) into `out_dir`.
+
+  Args:
+    study: the study (`study.load_study`).
+    root: its directory.
+    out_dir: where the PNGs go (created).
+    cond, uncond: (x, y) metric keys of the two scatter panels.
+    grid_file: the conditional grid copied per cell (default
+      `cross_modal_<first modality>.png` of `evaluation.figures`).
+
+  Returns:
+    The written file names.
+
+  Raises:
+    FileNotFoundError: no run of the study has finished.
+  """
+  records = study_lib.collect(study, root)
+  if not records:
+    raise FileNotFoundError(
+        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
+        ' the study first')
+  os.makedirs(out_dir, exist_ok=True)
+  cells = [(n, r) for n, r in _by_cell(study, records) if r]
+  files = []
+
+  fig = mpl_figure.Figure(figsize=(11, 4.2), dpi=DPI)
+  ax_c, ax_u = fig.subplots(1, 2)
+  _scatter(ax_c, cells, *cond, 'conditional')
+  _scatter(ax_u, cells, *uncond, 'unconditional')
+  if ax_u.get_legend_handles_labels()[0]:
+    ax_u.legend(fontsize=7, loc='best')
+  fig.suptitle(f'{study.name}: coherence vs FD_clf (mean ± std over seeds)')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'scatter.png'), facecolor='white')
+  files.append('scatter.png')
+
+  fig = mpl_figure.Figure(figsize=(max(6, 1.2 * len(cells)), 3.8), dpi=DPI)
+  ax = fig.subplots()
+  width = 0.8 / len(LATENT_KINDS)
+  for j, kind in enumerate(LATENT_KINDS):
+    stats = [_mean_std(r, f'latent/mean/{kind}') for _, r in cells]
+    xs = np.arange(len(cells)) + (j - 1) * width
+    ax.bar(xs, [m if math.isfinite(m) else 0.0 for m, _ in stats], width,
+           yerr=[s if math.isfinite(s) else 0.0 for _, s in stats],
+           label=kind, capsize=2)
+  ax.set_xticks(np.arange(len(cells)), [n for n, _ in cells], rotation=30,
+                ha='right', fontsize=8)
+  ax.set(ylabel='linear latent classification', ylim=(0, 1),
+         title='Latent classification (absent bar: no such latent)')
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3, axis='y')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'latent.png'), facecolor='white')
+  files.append('latent.png')
+
+  fig = mpl_figure.Figure(figsize=(6, 4.2), dpi=DPI)
+  ax = fig.subplots()
+  _scatter(ax, cells, 'coherence/cond/mean', 'diversity/cond/mean',
+           'sample diversity vs conditional coherence')
+  real, _ = _mean_std(records, 'diversity/real/mean')
+  if math.isfinite(real):
+    ax.axhline(real, color='k', ls='--', lw=1,
+               label='real images, within class')
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'diversity.png'), facecolor='white')
+  files.append('diversity.png')
+
+  for name, recs in cells:
+    cell = next(c for c in study.cells if c.name == name)
+    step = recs[0]['eval'].get('step')
+    eval_dir = os.path.join(study_lib.run_dir(root, cell, recs[0]['seed']),
+                            'eval', str(step))
+    if grid_file is not None:
+      candidates = [grid_file]
+    else:  # `figures`' grid of the first source, else the `grids` one
+      from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
+      first = models.get_model(cell.config.model).names[0]
+      candidates = [f'cross_modal_{first}.png', f'cross_modal_{step:08d}.png'
+                    if isinstance(step, int) else '']
+    for want in candidates:
+      if want and os.path.isfile(os.path.join(eval_dir, want)):
+        shutil.copyfile(os.path.join(eval_dir, want),
+                        os.path.join(out_dir, f'grid_{name}.png'))
+        files.append(f'grid_{name}.png')
+        break
+  return files
+
+
+def rescore(study, root: str, classifier_dir: str, tag: str, *,
+            evaluators: str = 'coherence',
+            keys: Sequence[str] = ('coherence/cond/mean', 'coherence/uncond'),
+            evaluate: Callable | None = None,
+            log: Callable[[str], None] = print) -> str:
+  """Re-scores every finished run with another classifier set (module
+  docstring); returns the markdown table (also `root/rescore_<tag>.md`)."""
+  if evaluate is None:
+    from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+    evaluate = runner.evaluate
+  if not os.path.isdir(classifier_dir):
+    raise FileNotFoundError(f'classifier directory {classifier_dir} not found')
+  records = study_lib.collect(study, root)
+  rows = {}
+  for rec in records:
+    cell = next(c for c in study.cells if c.name == rec['cell'])
+    workdir = study_lib.run_dir(root, cell, rec['seed'])
+    step = rec['eval'].get('step')
+    path = os.path.join(workdir, 'eval', f'{step}-{tag}', 'metrics.json')
+    if os.path.isfile(path):
+      with open(path) as f:
+        other = json.load(f)
+    else:
+      config = study_lib.run_config(cell, rec['seed'], '')
+      config.evals.classifier_dir = classifier_dir
+      config.evals.evaluators = evaluators
+      other = evaluate(config, workdir, step, tag=tag)
+      log(f'rescored {rec["cell"]} seed {rec["seed"]} with {classifier_dir}')
+    rows.setdefault(rec['cell'], []).append((rec['eval'], other))
+  lines = [f'# Re-scored with `{classifier_dir}` (tag `{tag}`)', '',
+           'Per cell: the study\'s classifiers, the other set, other - study'
+           ' (mean ± std over seeds).', '',
+           '| cell | metric | study classifiers | other set | difference |',
+           '|---|---|---|---|---|']
+  for cell in study.cells:
+    for k in keys:
+      pairs = [(a[k], b[k]) for a, b in rows.get(cell.name, ())
+               if k in a and k in b]
+      if not pairs:
+        continue
+      a, b = np.array(pairs, np.float64).T
+      sd = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+      lines.append(
+          f'| {cell.name} | {k} | {a.mean():.3f} ± {sd(a):.3f} |'
+          f' {b.mean():.3f} ± {sd(b):.3f} | {(b - a).mean():+.3f} ±'
+          f' {sd(b - a):.3f} (n={len(a)}) |')
+  text = '\n'.join(lines) + '\n'
+  with open(os.path.join(root, f'rescore_{tag}.md'), 'w') as f:
+    f.write(text)
+  return text

@@ -1,0 +1,96 @@
+"""The study's figures and re-scoring, on fake finished runs."""
+
+import json
+import os
+
+import pytest
+
+from mmvaeplus_jax import study as study_lib
+from mmvaeplus_jax import study_report
+from mmvaeplus_jax.configs import polymnist as polymnist_configs
+
+
+def _finished_study(root):
+  """Cells 'a' (seeds 0, 1) and 'b' (seed 0), evaluated with fake metrics
+  and a fake conditional grid."""
+  cells = []
+  for name in ('a', 'b'):
+    c = polymnist_configs.get_config('smoke')
+    c.evals.classifier_dir = 'clf_a'
+    cells.append(study_lib.Cell(name, c))
+  study = study_lib.Study('t', tuple(cells), seeds=(0, 1),
+                          metrics=('coherence/cond/mean',))
+
+  cell_of = lambda workdir: os.path.basename(os.path.dirname(workdir))
+
+  def train(config, workdir):
+    if cell_of(workdir) == 'b' and config.seed == 1:
+      raise KeyboardInterrupt  # b/seed1 never finishes
+    return {}
+
+  def evaluate(config, workdir):
+    out = os.path.join(workdir, 'eval', '7')
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'cross_modal_m0.png'), 'wb') as f:
+      f.write(b'png')
+    s, b = config.seed, cell_of(workdir) == 'b'
+    return {'step': 7, 'coherence/cond/mean': 0.5 + 0.1 * s + 0.2 * b,
+            'coherence/uncond': 0.1, 'fd_clf/cond/mean/with_self': 3.0 - s,
+            'fd_clf/uncond/mean': 4.0, 'latent/mean/z': 0.9,
+            'diversity/cond/mean': 0.05, 'diversity/real/mean': 0.2}
+
+  with pytest.raises(KeyboardInterrupt):
+    study_lib.run_study(study, str(root), train=train, evaluate=evaluate,
+                        log=lambda m: None)
+  return study
+
+
+def test_figures_from_finished_runs(tmp_path):
+  study = _finished_study(tmp_path)
+  files = study_report.write_figures(study, str(tmp_path), str(tmp_path / 'f'))
+  assert files == ['scatter.png', 'latent.png', 'diversity.png',
+                   'grid_a.png', 'grid_b.png']
+  for f in files[:3]:
+    assert (tmp_path / 'f' / f).read_bytes()[:4] == b'\x89PNG'
+  assert (tmp_path / 'f' / 'grid_a.png').read_bytes() == b'png'
+  with pytest.raises(FileNotFoundError, match='no finished run'):
+    study_report.write_figures(study, str(tmp_path / 'empty'), str(tmp_path))
+
+
+def test_rescore_writes_both_sets_and_skips_rescored_runs(tmp_path):
+  study = _finished_study(tmp_path)
+  (tmp_path / 'clf_b').mkdir()
+  calls = []
+
+  def evaluate(config, workdir, step, *, tag):
+    calls.append((os.path.relpath(workdir, tmp_path), step, tag,
+                  config.evals.classifier_dir, config.evals.evaluators))
+    out = os.path.join(workdir, 'eval', f'{step}-{tag}')
+    os.makedirs(out)
+    metrics = {'step': step, 'coherence/cond/mean': 0.4 + 0.1 * config.seed,
+               'coherence/uncond': 0.1}
+    with open(os.path.join(out, 'metrics.json'), 'w') as f:
+      json.dump(metrics, f)
+    return metrics
+
+  text = study_report.rescore(study, str(tmp_path), str(tmp_path / 'clf_b'),
+                              's1', evaluate=evaluate, log=lambda m: None)
+  assert calls == [
+      (os.path.join('a', 'seed0'), 7, 's1', str(tmp_path / 'clf_b'),
+       'coherence'),
+      (os.path.join('a', 'seed1'), 7, 's1', str(tmp_path / 'clf_b'),
+       'coherence'),
+      (os.path.join('b', 'seed0'), 7, 's1', str(tmp_path / 'clf_b'),
+       'coherence')]
+  # a: study 0.5, 0.6; other set 0.4, 0.5 -> difference -0.1 +- 0.
+  assert ('| a | coherence/cond/mean | 0.550 ± 0.071 | 0.450 ± 0.071 |'
+          ' -0.100 ± 0.000 (n=2) |') in text
+  assert '| b | coherence/cond/mean | 0.700 ± 0.000 | 0.400 ± 0.000 |' in text
+  assert (tmp_path / 'rescore_s1.md').read_text() == text
+  calls.clear()  # a second call reads the re-scored metrics
+  assert study_report.rescore(study, str(tmp_path), str(tmp_path / 'clf_b'),
+                              's1', evaluate=evaluate,
+                              log=lambda m: None) == text
+  assert not calls
+  with pytest.raises(FileNotFoundError, match='classifier directory'):
+    study_report.rescore(study, str(tmp_path), str(tmp_path / 'nope'), 'x')
