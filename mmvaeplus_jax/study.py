@@ -1,7 +1,8 @@
 """Studies: a grid of training runs, each trained and evaluated, resumably.
 
 A study is a list of cells (one config each: model, beta, ...) times a list
-of seeds. `run_study(study, root)` visits the runs in order; run (cell,
+of seeds. `run_study(study, root)` visits the runs seed by seed (every
+cell's first seed, then the second, ...); run (cell,
 seed) lives in `root/<cell>/seed<seed>/`, a normal run directory
 (`train.py`'s checkpoints and config.json, `eval.py`'s eval/<step>/):
 
@@ -76,7 +77,9 @@ class Study:
       raise ValueError('a study needs at least one seed')
 
   def runs(self) -> list[tuple[Cell, int]]:
-    return [(c, s) for c in self.cells for s in self.seeds]
+    """Seed-major: the first seed of every cell, then the next seed, so a
+    study stopped part-way has a table with every cell."""
+    return [(c, s) for s in self.seeds for c in self.cells]
 
 
 def run_dir(root: str, cell: Cell, seed: int) -> str:

@@ -78,9 +78,9 @@ def test_rescore_writes_both_sets_and_skips_rescored_runs(tmp_path):
   assert calls == [
       (os.path.join('a', 'seed0'), 7, 's1', str(tmp_path / 'clf_b'),
        'coherence'),
-      (os.path.join('a', 'seed1'), 7, 's1', str(tmp_path / 'clf_b'),
-       'coherence'),
       (os.path.join('b', 'seed0'), 7, 's1', str(tmp_path / 'clf_b'),
+       'coherence'),
+      (os.path.join('a', 'seed1'), 7, 's1', str(tmp_path / 'clf_b'),
        'coherence')]
   # a: study 0.5, 0.6; other set 0.4, 0.5 -> difference -0.1 +- 0.
   assert ('| a | coherence/cond/mean | 0.550 ± 0.071 | 0.450 ± 0.071 |'

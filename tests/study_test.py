@@ -51,8 +51,9 @@ def test_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
   with pytest.raises(Killed):  # killed while training the third run
     study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
                         log=lambda m: None)
+  # Seed-major: every cell's seed 0 first.
   assert [c for c in calls if c[0] == 'eval'] == [
-      ('eval', 'a', 0), ('eval', 'a', 1)]
+      ('eval', 'a', 0), ('eval', 'b', 0)]
   partial = json.loads((tmp_path / 'results.json').read_text())
   assert len(partial['runs']) == 2  # the table is written after every run
 
@@ -63,9 +64,9 @@ def test_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
                               evaluate=evaluate, log=lines.append)
   # Only the unfinished runs were trained (the killed one again).
   assert [c for c in calls if c[0] == 'train'] == [
-      ('train', 'b', 0), ('train', 'b', 1)]
+      ('train', 'a', 1), ('train', 'b', 1)]
   assert lines[0].startswith('[1/4] a seed 0: finished earlier, skipped')
-  assert lines[2].startswith('[3/4] b seed 0: trained')
+  assert lines[2].startswith('[3/4] a seed 1: trained')
   # mean +- std (ddof 1) over seeds, per cell; train metrics too.
   assert table['a']['m'] == (1.5, pytest.approx(math.sqrt(0.5)), 2)
   assert table['b']['m'][:1] == (2.5,)
@@ -135,7 +136,7 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
   table = study_lib.run_study(study, str(tmp_path), train=train,
                               evaluate=runner.evaluate, log=lambda m: None)
   assert [os.path.relpath(w, tmp_path) for w in trained] == [
-      os.path.join('mmvae', 'seed0'), os.path.join('mmvae', 'seed1')]
+      os.path.join('mmvaeplus', 'seed1'), os.path.join('mmvae', 'seed1')]
   for cell in ('mmvaeplus', 'mmvae'):
     mean, _, n = table[cell]['coherence/cond/mean']
     assert n == 2 and 0.0 <= mean <= 1.0
