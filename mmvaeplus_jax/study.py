@@ -103,10 +103,10 @@ def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
   if all(c.config.evals.classifier_dir for c in study.cells):
     return ''
   out = os.path.join(root, 'classifiers')
-  if os.path.exists(os.path.join(out, 'metadata.json')):
+  from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(out, classifiers.METADATA_FILE)):
     return out
   from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.input import sources  # pylint: disable=g-import-not-at-top
   config = study.cells[0].config
   names = models.get_model(config.model).names
