@@ -59,7 +59,7 @@ class Study:
   cells: tuple[Cell, ...]
   seeds: tuple[int, ...]
   metrics: tuple[str, ...]  # metric keys of eval.py / train.py summaries
-  classifier_epochs: int = 10  # of the study's coherence classifiers
+  classifier_epochs: int = 10  # of the study's ('wide') classifiers
 
   def __post_init__(self):
     names = [c.name for c in self.cells]

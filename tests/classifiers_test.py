@@ -114,11 +114,23 @@ def test_trains_above_90_percent_on_mini(mini, trained):
 
 def test_training_is_deterministic_for_a_key(mini):
   train, _ = mini
-  # The default recipe ('wide': dropout and translation keys).
   run = lambda seed: classifiers.train_classifier(
       jax.random.key(seed), train['m4'], train['label'], epochs=1,
-      batch_size=BATCH, lr=LR)
+      batch_size=BATCH, lr=LR, arch='official')
   a, b, c = run(5), run(5), run(6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a['fc_1']['kernel'], c['fc_1']['kernel'])
+
+
+def test_wide_training_is_deterministic_for_a_key(mini):
+  train, _ = mini
+  # The default ('wide') recipe also draws translation keys.
+  run = lambda seed: classifiers.train_classifier(
+      jax.random.key(seed), train['m4'][:256], train['label'][:256],
+      epochs=1, batch_size=32)
+  a, b, c = run(5), run(5), run(6)
+  assert classifiers.arch_of(a) == 'wide'
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a['fc_1']['kernel'], c['fc_1']['kernel'])
@@ -158,16 +170,17 @@ def test_command_line(tmp_path, mini_dir, mini, capsys):
   out = tmp_path / 'clfs'
   classifiers.main([
       '--dataset', 'mini', '--data_dir', str(mini_dir), '--out', str(out),
-      '--epochs', '1', '--batch_size', str(BATCH), '--lr', str(LR)])
+      '--epochs', '1', '--batch_size', str(BATCH), '--lr', str(LR),
+      '--arch', 'official'])  # the fast one; 'wide': test_wide_*
   meta = json.loads((out / classifiers.METADATA_FILE).read_text())
   names = [f'm{i}' for i in range(5)]
   assert meta['modalities'] == names
   assert meta['config']['epochs'] == 1 and meta['config']['num_train'] == 4000
-  # The default architecture and the rest of its recipe, recorded.
-  assert meta['archs'] == {n: 'wide' for n in names}
-  assert meta['config']['arch'] == 'wide'
-  assert meta['config']['lr_schedule'] == 'onecycle'
-  assert meta['config']['max_shift'] == classifiers.WIDE_MAX_SHIFT
+  # The architecture and the rest of its recipe, recorded.
+  assert meta['archs'] == {n: 'official' for n in names}
+  assert meta['config']['arch'] == 'official'
+  assert meta['config']['lr_schedule'] == 'constant'
+  assert meta['config']['max_shift'] == 0
   assert meta['config']['lr'] == LR and meta['config']['batch_size'] == BATCH
   assert set(meta['test_accuracy']) == set(names)
   assert min(meta['test_accuracy'].values()) > 0.15  # one epoch: above 0.1
@@ -190,10 +203,13 @@ def test_wide_architecture_shapes_and_features():
       'fc_0': {'kernel': (3136, 128), 'bias': (128,)},
       'fc_1': {'kernel': (128, 10), 'bias': (10,)},
   }
+  # LeCun-uniform kernels U(+-sqrt(3 / fan_in)) (near the bound for >= 864
+  # draws), zero biases.
   for name, fan_in in (('conv_0', 27), ('conv_1', 288), ('conv_2', 576),
                        ('fc_0', 3136), ('fc_1', 128)):
-    for leaf in params[name].values():
-      assert np.abs(np.asarray(leaf)).max() <= 1 / np.sqrt(fan_in)
+    kernel = np.abs(np.asarray(params[name]['kernel']))
+    assert 0.99 * np.sqrt(3 / fan_in) < kernel.max() <= np.sqrt(3 / fan_in)
+    np.testing.assert_array_equal(params[name]['bias'], 0.0)
   assert classifiers.arch_of(params) == 'wide'
   assert classifiers.arch_of(classifiers.init(jax.random.key(0))) == (
       'official')

@@ -135,7 +135,7 @@ def get_config(arg=None):
     c.train.update(batch_size=8, num_epochs=-1, num_steps=6,
                    log_every_steps=1, eval_every_steps=3,
                    checkpoint_every_steps=3, eval_examples=16,
-                   grid_examples=4)
+                   grid_examples=4, final_coherence_clf_arch='official')
     c.data.prefetch = 1
     # Tests run the cheap evaluators by default (tests/eval_test.py runs all).
     c.evals.update(evaluators='bound,coherence,fid,grids',
