@@ -446,6 +446,7 @@ def arch_of(params: Params) -> str:
 
 def _module_of(params: Params, images) -> nn.Module:
   """The module of `params`, checked against the images' shape."""
+  check_arch(None, images.shape[1:])  # a known image shape
   image_shape, arch = architecture_of(params)
   if tuple(images.shape[1:]) != image_shape:
     raise ValueError(
