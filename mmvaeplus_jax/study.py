@@ -64,7 +64,9 @@ class Study:
   cells: tuple[Cell, ...]
   seeds: tuple[int, ...]
   metrics: tuple[str, ...]  # metric keys of eval.py / train.py summaries
-  classifier_epochs: int = 10  # of the study's coherence classifiers
+  # Epochs of the study's classifiers (None: their architecture's recipe,
+  # `classifiers.RECIPES`: 14 for the default 'wide').
+  classifier_epochs: int | None = None
 
   def __post_init__(self):
     names = [c.name for c in self.cells]
@@ -126,7 +128,9 @@ def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
       log=lambda m: None)
   classifiers.save_classifiers(out, params, metadata={
       'test_accuracy': accs, 'trained_by': f'study {study.name}',
-      'epochs': study.classifier_epochs,
+      'epochs': classifiers.recipe(
+          classifiers.check_arch(None, np.shape(train[names[0]])[1:]),
+          epochs=study.classifier_epochs)['epochs'],
       'num_train': int(len(train['label'])),
       'num_test': int(len(test['label']))})
   log('classifiers: test accuracy '

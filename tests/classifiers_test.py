@@ -31,7 +31,7 @@ def trained(mini):
   train, _ = mini
   return classifiers.train_classifier(
       jax.random.key(0), train['m4'], train['label'], epochs=10,
-      batch_size=BATCH, lr=LR)
+      batch_size=BATCH, lr=LR, arch='official')
 
 
 def _torch_style_forward(p, x):
@@ -116,8 +116,21 @@ def test_training_is_deterministic_for_a_key(mini):
   train, _ = mini
   run = lambda seed: classifiers.train_classifier(
       jax.random.key(seed), train['m4'], train['label'], epochs=1,
-      batch_size=BATCH, lr=LR)
+      batch_size=BATCH, lr=LR, arch='official')
   a, b, c = run(5), run(5), run(6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a['fc_1']['kernel'], c['fc_1']['kernel'])
+
+
+def test_wide_training_is_deterministic_for_a_key(mini):
+  train, _ = mini
+  # The default ('wide') recipe also draws translation keys.
+  run = lambda seed: classifiers.train_classifier(
+      jax.random.key(seed), train['m4'][:256], train['label'][:256],
+      epochs=1, batch_size=32)
+  a, b, c = run(5), run(5), run(6)
+  assert classifiers.arch_of(a) == 'wide'
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a['fc_1']['kernel'], c['fc_1']['kernel'])
@@ -157,11 +170,18 @@ def test_command_line(tmp_path, mini_dir, mini, capsys):
   out = tmp_path / 'clfs'
   classifiers.main([
       '--dataset', 'mini', '--data_dir', str(mini_dir), '--out', str(out),
-      '--epochs', '1', '--batch_size', str(BATCH), '--lr', str(LR)])
+      '--epochs', '1', '--batch_size', str(BATCH), '--lr', str(LR),
+      '--arch', 'official'])  # the fast one; 'wide': test_wide_*
   meta = json.loads((out / classifiers.METADATA_FILE).read_text())
   names = [f'm{i}' for i in range(5)]
   assert meta['modalities'] == names
   assert meta['config']['epochs'] == 1 and meta['config']['num_train'] == 4000
+  # The architecture and the rest of its recipe, recorded.
+  assert meta['archs'] == {n: 'official' for n in names}
+  assert meta['config']['arch'] == 'official'
+  assert meta['config']['lr_schedule'] == 'constant'
+  assert meta['config']['max_shift'] == 0
+  assert meta['config']['lr'] == LR and meta['config']['batch_size'] == BATCH
   assert set(meta['test_accuracy']) == set(names)
   assert min(meta['test_accuracy'].values()) > 0.15  # one epoch: above 0.1
   assert 'm4: test accuracy' in capsys.readouterr().out
@@ -169,3 +189,167 @@ def test_command_line(tmp_path, mini_dir, mini, capsys):
   _, test = mini
   acc = classifiers.accuracy(loaded['m2'], test['m2'], test['label'])
   assert acc == pytest.approx(meta['test_accuracy']['m2'])
+
+
+# ------------------------------------------------- the 'wide' architecture
+
+
+def test_wide_architecture_shapes_and_features():
+  params = classifiers.init(jax.random.key(0), arch='wide')
+  assert jax.tree.map(jnp.shape, params) == {
+      'conv_0': {'kernel': (3, 3, 3, 32), 'bias': (32,)},
+      'conv_1': {'kernel': (3, 3, 32, 64), 'bias': (64,)},
+      'conv_2': {'kernel': (3, 3, 64, 64), 'bias': (64,)},
+      'fc_0': {'kernel': (3136, 128), 'bias': (128,)},
+      'fc_1': {'kernel': (128, 10), 'bias': (10,)},
+  }
+  # LeCun-uniform kernels U(+-sqrt(3 / fan_in)) (near the bound for >= 864
+  # draws), zero biases.
+  for name, fan_in in (('conv_0', 27), ('conv_1', 288), ('conv_2', 576),
+                       ('fc_0', 3136), ('fc_1', 128)):
+    kernel = np.abs(np.asarray(params[name]['kernel']))
+    assert 0.99 * np.sqrt(3 / fan_in) < kernel.max() <= np.sqrt(3 / fan_in)
+    np.testing.assert_array_equal(params[name]['bias'], 0.0)
+  assert classifiers.arch_of(params) == 'wide'
+  assert classifiers.arch_of(classifiers.init(jax.random.key(0))) == (
+      'official')
+  assert classifiers.image_shape_of(params) == (28, 28, 3)
+  x = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 3), np.uint8)
+  lp = classifiers.log_probs(params, x)
+  assert lp.shape == (5, 10)
+  np.testing.assert_allclose(jnp.exp(lp).sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+      lp, classifiers.log_probs(params, x.astype(np.float32) / 255),
+      atol=1e-6)
+  feats = classifiers.features(params, x)
+  assert feats.shape == (5, classifiers.FEATURE_DIM)
+  assert float(feats.min()) >= 0.0
+  np.testing.assert_array_equal(
+      classifiers.classify({'m0': params}, 'm0', x), lp)
+  # The module itself, by name; eval mode ignores dropout.
+  direct = classifiers.MODULES['wide'].apply({'params': params}, x)
+  np.testing.assert_allclose(direct, lp, atol=1e-6)
+  with pytest.raises(ValueError, match='got images of shape'):
+    classifiers.log_probs(params, np.zeros((2, 28, 28, 1), np.uint8))
+
+
+def test_wide_trains_and_round_trips_with_official(tmp_path, mini):
+  train, _ = mini
+  x, y = train['m3'][:128], train['label'][:128]
+  # The default architecture and recipe (one-cycle, translations), small.
+  wide = classifiers.train_classifier(
+      jax.random.key(0), x, y, epochs=1, batch_size=32)
+  assert classifiers.arch_of(wide) == 'wide'
+  official = classifiers.init(jax.random.key(1), arch='official')
+  classifiers.save_classifiers(tmp_path / 'clf', {'m3': wide, 'm0': official})
+  meta = json.loads((tmp_path / 'clf' / classifiers.METADATA_FILE
+                     ).read_text())
+  assert meta['archs'] == {'m3': 'wide', 'm0': 'official'}
+  loaded, _ = classifiers.load_classifiers(tmp_path / 'clf')
+  assert classifiers.arch_of(loaded['m3']) == 'wide'
+  assert classifiers.arch_of(loaded['m0']) == 'official'
+  for a, b in (('m3', wide), ('m0', official)):
+    for u, v in zip(jax.tree.leaves(b), jax.tree.leaves(loaded[a])):
+      np.testing.assert_array_equal(u, v)
+  imgs = x[:7]
+  np.testing.assert_array_equal(
+      classifiers.classify(loaded, 'm3', imgs),
+      classifiers.log_probs(wide, imgs))
+  np.testing.assert_array_equal(
+      classifiers.features(loaded['m0'], imgs),
+      classifiers.features(official, imgs))
+
+
+def test_old_folder_without_archs_loads_official(tmp_path):
+  official = classifiers.init(jax.random.key(2))
+  classifiers.save_classifiers(tmp_path / 'old', {'m1': official})
+  meta_path = tmp_path / 'old' / classifiers.METADATA_FILE
+  meta = json.loads(meta_path.read_text())
+  del meta['archs'], meta['image_shapes']  # the oldest format
+  meta_path.write_text(json.dumps(meta))
+  loaded, got = classifiers.load_classifiers(tmp_path / 'old')
+  assert 'archs' not in got
+  assert classifiers.arch_of(loaded['m1']) == 'official'
+  for u, v in zip(jax.tree.leaves(official), jax.tree.leaves(loaded['m1'])):
+    np.testing.assert_array_equal(u, v)
+
+
+def test_unknown_arch_is_one_clear_error(tmp_path):
+  x = np.zeros((4, 28, 28, 3), np.uint8)
+  y = np.zeros((4,), np.int32)
+  with pytest.raises(ValueError, match=r"unknown classifier architecture"
+                     r" 'resnet'.*\['official', 'wide'\]"):
+    classifiers.train_classifier(jax.random.key(0), x, y, epochs=1,
+                                 arch='resnet')
+  with pytest.raises(ValueError, match="unknown classifier architecture"):
+    classifiers.init(jax.random.key(0), arch='resnet')
+  # A name of another image shape is refused too.
+  with pytest.raises(ValueError, match="'digit'"):
+    classifiers.check_arch('digit', (28, 28, 3))
+  # A folder whose classifiers.json names an unknown architecture.
+  classifiers.save_classifiers(tmp_path / 'c',
+                               {'m0': classifiers.init(jax.random.key(0))})
+  meta_path = tmp_path / 'c' / classifiers.METADATA_FILE
+  meta = json.loads(meta_path.read_text())
+  meta['archs'] = {'m0': 'resnet'}
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="unknown classifier architecture"):
+    classifiers.load_classifiers(tmp_path / 'c')
+  with pytest.raises(SystemExit):  # argparse: --lr_schedule choices
+    classifiers.main(['--data_dir', str(tmp_path), '--out', str(tmp_path),
+                      '--lr_schedule', 'step'])
+
+
+def test_shift_images_moves_pixels():
+  x = np.arange(2 * 5 * 6 * 1, dtype=np.float32).reshape((2, 5, 6, 1))
+  np.testing.assert_array_equal(
+      classifiers.shift_images(x, np.zeros((2, 2), np.int32)), x)
+  out = np.asarray(classifiers.shift_images(x, np.array([[1, 2], [-2, 0]])))
+  # Image 0: content moves 1 down and 2 right; edges replicated.
+  np.testing.assert_array_equal(out[0, 1:, 2:], x[0, :-1, :-2])
+  np.testing.assert_array_equal(out[0, 0, 2:], x[0, 0, :-2])
+  np.testing.assert_array_equal(out[0, 1:, 0], x[0, :-1, 0])
+  # Image 1: content moves 2 up; the last rows repeat the last row.
+  np.testing.assert_array_equal(out[1, :3], x[1, 2:])
+  np.testing.assert_array_equal(out[1, 3], x[1, 4])
+  np.testing.assert_array_equal(out[1, 4], x[1, 4])
+  # dtype kept (uint8 images stay uint8).
+  u = np.zeros((1, 28, 28, 3), np.uint8)
+  assert classifiers.shift_images(u, np.ones((1, 2), np.int32)).dtype == (
+      np.uint8)
+
+
+def test_random_translate_key_determinism_and_range():
+  x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 3), np.uint8)
+  a = classifiers.random_translate(jax.random.key(0), x, 2)
+  b = classifiers.random_translate(jax.random.key(0), x, 2)
+  c = classifiers.random_translate(jax.random.key(1), x, 2)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  np.testing.assert_array_equal(
+      classifiers.random_translate(jax.random.key(0), x, 0), x)
+  # Every output is one of the (2 * 2 + 1)^2 shifts of its input.
+  shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+  cands = np.stack([np.asarray(classifiers.shift_images(
+      x, np.tile(np.array([s]), (64, 1)))) for s in shifts])  # [25, N, ...]
+  match = np.all(cands == np.asarray(a)[None], axis=(2, 3, 4))  # [25, N]
+  assert match.any(axis=0).all()
+  assert len(set(np.argmax(match, axis=0).tolist())) > 5  # varied shifts
+  with pytest.raises(ValueError, match='max_shift'):
+    classifiers.random_translate(jax.random.key(0), x, -1)
+
+
+def test_standardize_is_contrast_invariant():
+  x = np.random.default_rng(3).random((3, 28, 28, 3)).astype(np.float32)
+  z = np.asarray(classifiers.standardize(x))
+  np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z.std(axis=(1, 2, 3)), 1.0, atol=1e-4)
+  np.testing.assert_allclose(classifiers.standardize(0.2 * x + 0.4), z,
+                             atol=1e-4)
+  # A constant image stays finite (zeros).
+  c = np.full((1, 28, 28, 3), 0.5, np.float32)
+  np.testing.assert_array_equal(classifiers.standardize(c), 0.0)
+  # uint8 input is divided by 255 first.
+  u = (x * 255).astype(np.uint8)
+  np.testing.assert_allclose(classifiers.standardize(u),
+                             classifiers.standardize(u / 255.0), atol=1e-5)

@@ -99,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
       final_coherence=False,
       final_coherence_examples=-1,  # test examples (-1: the whole split)
       final_coherence_clf_epochs=5,  # epochs of the in-run classifiers
+      # their architecture (evaluation/classifiers.py); '': the default of
+      # the image shape ('wide' for PolyMNIST, >= 98 % on rebuilt;
+      # 'digit' for MNIST / SVHN); 'official': MoPoE's ClfImg (faster,
+      # weaker)
+      final_coherence_clf_arch='',
   ))
   c.evals = ml_collections.ConfigDict(dict(
       # eval.py's plug-ins (evaluation.api), comma-separated, run in order.

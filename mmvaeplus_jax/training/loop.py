@@ -261,8 +261,10 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
                     mesh) -> dict[str, float]:
   """The run's cross-modal coherence, printed; returns its metrics.
 
-  Classifiers: `evals.classifier_dir` if set, else one `ClfImg` per modality
-  trained here on the whole train split for
+  Classifiers: `evals.classifier_dir` if set, else one classifier per
+  modality of architecture `train.final_coherence_clf_arch` ('': the
+  default of the image shape, 'wide' for PolyMNIST; the demo's and smoke
+  test's: the 'official' `ClfImg`) trained here on the whole train split for
   `train.final_coherence_clf_epochs` epochs (seed `config.seed`; every
   process trains the same ones) and saved to `workdir/classifiers`, so that
   `eval.py` can reuse them. The coherence is
@@ -287,7 +289,8 @@ def final_coherence(config, workdir, model, params, train_src, eval_src, key,
     train = train_src.read(np.arange(len(train_src)))
     clf_params, accs = classifiers.train_and_evaluate(
         train, test, names, seed=config.seed,
-        epochs=int(tc.final_coherence_clf_epochs), log=logging.info)
+        epochs=int(tc.final_coherence_clf_epochs),
+        arch=tc.get('final_coherence_clf_arch') or None, log=logging.info)
     # Every process trained the same classifiers (same data and key); all
     # take part in orbax's save (host values: the primary host writes).
     classifiers.save_classifiers(
