@@ -202,9 +202,9 @@ def _non_degenerate_setup(m, family, b=2, k=3):
 
 @pytest.mark.parametrize('m,family,cross_private', [
     (1, 'normal', 'aux'),
-    (2, 'normal', 'aux'),
+    pytest.param(2, 'normal', 'aux', marks=pytest.mark.slow),
     (3, 'laplace', 'aux'),
-    (2, 'laplace', 'posterior'),
+    pytest.param(2, 'laplace', 'posterior', marks=pytest.mark.slow),
     (3, 'normal', 'posterior'),
 ])
 def test_dreg_equals_per_sample_reference(m, family, cross_private):

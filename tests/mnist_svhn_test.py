@@ -308,10 +308,10 @@ def test_network_shapes_and_ranges(arch):
   assert mnist0.encoder.apply(enc, batch['mnist'])[0].shape == (3, 0)
 
 
-@pytest.mark.parametrize('arch', [
-    'dmvae', pytest.param('mmvae', marks=pytest.mark.slow)])
-@pytest.mark.parametrize('name,dim_w', [
-    ('mmvaeplus', 2), pytest.param('mmvae', 0, marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~25 s per case; the objectives are exact-tested in
+# objectives_test / baselines_test
+@pytest.mark.parametrize('arch', ['dmvae', 'mmvae'])
+@pytest.mark.parametrize('name,dim_w', [('mmvaeplus', 2), ('mmvae', 0)])
 def test_objective_runs(arch, name, dim_w):
   batch = _batch(2)
   model = mnist_svhn.make_mnist_svhn(name, dim_w=dim_w, dim_z=3, arch=arch)
@@ -411,6 +411,7 @@ def test_configs_build_models(arg, name, dims):
             config.train.num_epochs) == (10, 2.5, 10)
 
 
+@pytest.mark.slow  # builds and runs the DMVAE networks (~20 s)
 def test_appf_dmvae_config_builds_dmvae():
   from mmvaeplus_jax.models import dmvae  # pylint: disable=g-import-not-at-top
   for dim_w in mnist_svhn_config.APPF_DIM_W:

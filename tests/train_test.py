@@ -129,7 +129,8 @@ def test_nonfinite_batch_is_skipped_and_counted(data_dir):
   assert all(jax.tree.leaves(changed))
 
 
-@pytest.mark.not_in_rerun
+@pytest.mark.slow  # a whole training loop (~90 s); the step-level skip is
+# tested in the default suite (test_nonfinite_batch_is_skipped_and_counted)
 def test_loop_skips_nan_batches_then_stops_on_a_streak(data_dir, tmp_path,
                                                        monkeypatch):
   """Injected NaN batches are skipped and counted in metrics.json; a streak
