@@ -106,6 +106,17 @@ def run_config(cell: Cell, seed: int, classifier_dir: str):
   return config
 
 
+def _check_classifiers(config) -> None:
+  """Fails before training when the named classifiers are missing (the
+  run's evaluation would fail only after its training)."""
+  d = config.evals.classifier_dir
+  if d and not os.path.isfile(os.path.join(d, 'classifiers.json')):
+    raise FileNotFoundError(
+        f'evals.classifier_dir={d} holds no classifiers.json: train them'
+        ' first (python -m mmvaeplus_jax.evaluation.classifiers ...) or'
+        ' leave evals.classifier_dir empty to let the study train its own')
+
+
 def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
   """The study's coherence classifiers (`root/classifiers`), trained once
   on the first cell's data unless every cell names its own."""
@@ -157,6 +168,7 @@ def run_study(study: Study, root: str, *,
   if train is None:
     from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
     train = loop.train_and_evaluate
+  check = evaluate is None  # the real evaluation reads the classifiers
   if evaluate is None:
     from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     evaluate = runner.evaluate
@@ -172,9 +184,17 @@ def run_study(study: Study, root: str, *,
       log(f'{head}: finished earlier, skipped')
       continue
     config = run_config(cell, seed, clf_dir)
+    if check:
+      _check_classifiers(config)
     start = time.time()
     summary = train(config, workdir)
     trained = time.time() - start
+    if summary.get('interrupted'):
+      # SIGTERM: the checkpoint is saved; the run is not finished, so it is
+      # neither evaluated nor marked done, and the study stops here.
+      log(f'{head}: stopped at step {summary.get("step")} (SIGTERM); not'
+          ' evaluated. Run the same command to continue.')
+      return write_table(study, root)
     start = time.time()
     metrics = evaluate(config, workdir)
     evaluated = time.time() - start

@@ -177,3 +177,37 @@ def test_classifiers_of_an_earlier_start_are_reused(tmp_path, monkeypatch):
   assert study_lib.ensure_classifiers(study, str(tmp_path)) == str(out)
   config = study_lib.run_config(study.cells[0], 1, str(out))
   assert config.evals.classifier_dir == str(out) and config.seed == 1
+
+
+def test_an_interrupted_run_is_neither_evaluated_nor_finished(tmp_path):
+  """Training stopped by SIGTERM (summary 'interrupted') ends the study
+  without evaluating or marking the run; the next call trains it again
+  (from its checkpoint) and goes on."""
+  study = _study()
+  calls = []
+  train, evaluate = _fakes(calls)
+
+  def sigterm_once(config, workdir):
+    if not any(c[0] == 'stopped' for c in calls):
+      calls.append(('stopped',))
+      os.makedirs(workdir, exist_ok=True)
+      return {'step': 5, 'interrupted': True}
+    return train(config, workdir)
+
+  lines = []
+  study_lib.run_study(study, str(tmp_path), train=sigterm_once,
+                      evaluate=evaluate, log=lines.append)
+  assert calls == [('stopped',)] and 'SIGTERM' in lines[-1]
+  assert not (tmp_path / 'a' / 'seed0' / study_lib.DONE_FILE).exists()
+  study_lib.run_study(study, str(tmp_path), train=sigterm_once,
+                      evaluate=evaluate, log=lambda m: None)
+  assert [c for c in calls if c[0] == 'eval'] == [
+      ('eval', 'a', 0), ('eval', 'b', 0), ('eval', 'a', 1), ('eval', 'b', 1)]
+
+
+def test_missing_classifiers_fail_before_training(tmp_path):
+  study = _study(classifier_dir=str(tmp_path / 'no_classifiers'))
+  with pytest.raises(FileNotFoundError, match='holds no classifiers.json'):
+    study_lib.run_study(study, str(tmp_path / 'root'),
+                        train=lambda c, w: pytest.fail('trained'),
+                        log=lambda m: None)

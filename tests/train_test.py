@@ -275,6 +275,8 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'SIGTERM' in proc.stderr
   assert _steps(workdir) == [3, 5]  # stopped after step 5 of 6, saved
+  # The summary says so (the study driver does not evaluate such a run).
+  assert json.loads((workdir / 'metrics.json').read_text())['interrupted']
   state = _restore(workdir, 5)
   assert int(state['step']) == 5
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))

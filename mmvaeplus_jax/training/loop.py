@@ -235,6 +235,10 @@ def train_and_evaluate(config, workdir: str):
   writer.flush()
   summary['step'] = int(state.step)
   summary['train/nonfinite_steps'] = int(state.nonfinite_total)
+  # Stopped by SIGTERM before num_steps: the run is not finished (callers
+  # such as the study driver must not evaluate it as if it were).
+  summary['interrupted'] = bool(sigterm.received) and int(
+      state.step) < num_steps
   if is_main:
     with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2, sort_keys=True)
