@@ -109,8 +109,9 @@ def run_config(cell: Cell, seed: int, classifier_dir: str):
 def _check_classifiers(config) -> None:
   """Fails before training when the named classifiers are missing (the
   run's evaluation would fail only after its training)."""
+  from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
   d = config.evals.classifier_dir
-  if d and not os.path.isfile(os.path.join(d, 'classifiers.json')):
+  if d and not os.path.isfile(os.path.join(d, classifiers.METADATA_FILE)):
     raise FileNotFoundError(
         f'evals.classifier_dir={d} holds no classifiers.json: train them'
         ' first (python -m mmvaeplus_jax.evaluation.classifiers ...) or'
