@@ -112,6 +112,7 @@ class Case:
   remat: bool = False
   vmap_modalities: bool = False
   conv_wgrad_chunk: int = -1  # -1 automatic per platform, 0 XLA's own
+  microbatch_size: int = -1  # train.microbatch_size: -1 auto, 0 one call
   num_devices: int | None = None  # None: all devices
   fake_devices: int | None = None  # CPU: XLA_FLAGS device count
   sweep: str | None = None
@@ -157,6 +158,11 @@ def parse_args(argv=None):
                  help='model.remat=True (decoders rematerialised per sample)')
   p.add_argument('--vmap_modalities', action='store_true',
                  help='model.vmap_modalities=True (equal networks vmapped)')
+  p.add_argument('--microbatch_size', type=int, default=-1,
+                 help='train.microbatch_size: -1 automatic (CPU: at most 16 '
+                      'examples and 200 decoder rows per gradient call), 0 '
+                      'one call on the whole batch (name suffix +one_call), '
+                      'n examples per call (+microN)')
   p.add_argument('--conv_wgrad_chunk', type=int, default=-1,
                  help='model.conv_wgrad_chunk: -1 automatic (8 rows on CPU),'
                       ' 0 XLA\'s own weight gradient (suffix +xla_wgrad),'
@@ -269,6 +275,11 @@ def build_cases(args, plat, num_devices):
     c.remat = args.remat
     c.vmap_modalities = args.vmap_modalities
     c.conv_wgrad_chunk = args.conv_wgrad_chunk
+    c.microbatch_size = args.microbatch_size
+    if c.microbatch_size == 0:
+      c.name += '+one_call'
+    elif c.microbatch_size > 0:
+      c.name += f'+micro{c.microbatch_size}'
     if c.conv_wgrad_chunk == 0:
       c.name += '+xla_wgrad'
     elif c.conv_wgrad_chunk > 0:
@@ -522,6 +533,7 @@ def _measure(args, case, row):
   if case.estimator is not None:
     config.objective.estimator = case.estimator
   config.train.batch_size = case.batch_size
+  config.train.microbatch_size = case.microbatch_size
   model = models.get_model(config.model)
   tx = step_lib.make_optimizer(config.optim)
   devices = jax.devices()
@@ -559,18 +571,30 @@ def _measure(args, case, row):
   batches = [parallel.global_batch(mesh, hb) for hb in host_batches]
   train_fn = step_lib.jit_train_step(config, model, tx, mesh)
 
+  # One program, or (microbatches, step_lib.MicrobatchedTrainStep) the
+  # step's programs with their calls per step: FLOPs add up over calls.
   t = time.perf_counter()
-  lowered = train_fn.lower(state, batches[0], train_key)
+  if isinstance(train_fn, step_lib.MicrobatchedTrainStep):
+    parts = train_fn.lower_programs(state, batches[0], train_key)
+  else:
+    parts = [('train_step', train_fn.lower(state, batches[0], train_key), 1)]
   lower_s = time.perf_counter() - t
   hits_before = len(cache_hits)
   t = time.perf_counter()
-  compiled = lowered.compile()
+  compiled_parts = [(name, lowered.compile(), calls)
+                    for name, lowered, calls in parts]
   compile_s = time.perf_counter() - t
+  compiled = max(compiled_parts, key=lambda p: p[2] * (_flops(p[1]) or 0))[1]
+  microbatch = (train_fn.size
+                if isinstance(train_fn, step_lib.MicrobatchedTrainStep) else 0)
   # A program already in the compilation cache (the same case earlier in the
   # run, e.g. M=5 of the M sweep = devices=1) loads instead of compiling.
   compile_cache_hit = len(cache_hits) > hits_before
   _log(f'{case.name}: lower {lower_s:.1f} s, compile {compile_s:.1f} s')
-  flops_dev = _flops(compiled)
+  part_flops = [_flops(c) for _, c, _ in compiled_parts]
+  flops_dev = (None if any(f is None for f in part_flops) else
+               sum(f * calls for f, (_, _, calls) in
+                   zip(part_flops, compiled_parts)))
   flops_raw = flops_dev
   if case.remat:
     # XLA's cost analysis counts a while loop's body once, not once per
@@ -589,7 +613,9 @@ def _measure(args, case, row):
       data='synthetic uint8 -> float32, pre-placed on device',
       init_s=init_s, lower_s=lower_s, compile_s=compile_s,
       flops_per_step=flops, flops_per_device=flops_dev,
-      flops_xla_raw=flops_raw,
+      flops_xla_raw=flops_raw, microbatch_size=microbatch,
+      programs=[dict(name=n, calls=k, flops=f)
+                for (n, _, k), f in zip(compiled_parts, part_flops)],
       xla_memory=mem, steps=0 if args.compile_only else args.steps,
       compilation_cache=bool(args.compilation_cache),
       compile_cache_hit=compile_cache_hit,
@@ -633,8 +659,10 @@ def _measure(args, case, row):
             args.peak_tflops * len(devices))
     if args.profile:
       import op_profile  # pylint: disable=g-import-not-at-top
-      rows = {b, b * config.objective.num_samples * case.num_modalities,
-              b * case.num_modalities}
+      rows = set()
+      for n in {b, microbatch * len(devices)} - {0}:
+        rows |= {n, n * config.objective.num_samples * case.num_modalities,
+                 n * case.num_modalities}
       holder = [state]
 
       def one_step():  # the state is donated: thread it through

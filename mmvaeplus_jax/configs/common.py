@@ -81,6 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,  # global batch, split over devices and hosts
+      # Examples per device per call of the gradient (the step sums the
+      # calls' gradients: same noise, loss and gradient up to float32
+      # reassociation; training/step.py:resolve_microbatch): -1 automatic
+      # (CPU: at most 16 examples and 200 decoder rows per call; GPU/TPU
+      # one call), 0 one call, n > 0 n examples.
+      microbatch_size=-1,
       num_epochs=250,
       num_steps=-1,  # > 0 overrides num_epochs
       log_every_steps=50,

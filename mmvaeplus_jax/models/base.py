@@ -27,6 +27,14 @@ Contract (`MultimodalVAE` subclasses implement the abstract methods):
         chosen estimator's (maximise its mean). `estimator=None` picks
         `model.estimators[0]`; `options` are the names in
         `model.objective_options` (read from `config.objective`).
+    model.objective_noise(key, num_samples, batch_size, **options) -> noise
+    model.objective_on_noise(params, batch, noise, *, beta, estimator,
+                             **options) -> [B]
+        the two halves of `objective` (same ops): a pytree of noise whose
+        leaves have at most one batch axis of size B, and the surrogate on
+        it. Per-example: rows of `batch` and of the noise's batch axes
+        map to the same rows of the output (the trainer's microbatches,
+        `training/step.py`, rely on it).
     model.encode(params, batch) -> Posteriors            # unimodal, [M, B, D]
     model.decode(params, name, u [..., Dw + Dz]) -> [..., *event]
     model.sample_shared(post, subsets [S, M] bool, eps_choice [S, B],
@@ -226,6 +234,14 @@ class MultimodalVAE:
 
   def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
                 beta=1.0, estimator: str | None = None, **options) -> Array:
+    raise NotImplementedError
+
+  def objective_noise(self, key, num_samples: int, batch_size: int,
+                      **options):
+    raise NotImplementedError
+
+  def objective_on_noise(self, params, batch: Batch, noise, *, beta=1.0,
+                         estimator: str | None = None, **options) -> Array:
     raise NotImplementedError
 
   def encode(self, params, batch: Batch) -> Posteriors:

@@ -77,6 +77,17 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     noise = self.sample_noise(key, num_samples, b, **options)
     return self.bound(params, batch, noise, beta=beta, **options)
 
+  def objective_noise(self, key, num_samples: int, batch_size: int,
+                      **options):
+    """The noise `objective` draws from `key` (`sample_noise`)."""
+    return self.sample_noise(key, num_samples, batch_size, **options)
+
+  def objective_on_noise(self, params, batch, noise, *, beta=1.0,
+                         estimator=None, **options):
+    """`objective` on given noise (`bound`)."""
+    self.check_estimator(estimator)
+    return self.bound(params, batch, noise, beta=beta, **options)
+
   def prior_expert(self, subsets) -> np.ndarray:
     """`[S]` bool: whether q(z | x_S) includes the prior expert."""
     raise NotImplementedError

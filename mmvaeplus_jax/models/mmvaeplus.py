@@ -114,6 +114,23 @@ class MMVAEPlus(base.MultimodalVAE):
         estimator=self.check_estimator(estimator),
         cross_private=cross_private)
 
+  def objective_noise(self, key, num_samples: int, batch_size: int,
+                      **options):
+    """The noise `objective` draws from `key` (`sample_noise`)."""
+    del options  # cross_private does not change the noise
+    return self.sample_noise(key, num_samples, batch_size)
+
+  def objective_on_noise(self, params, batch: Batch, noise, *, beta=1.0,
+                         estimator: str | None = None,
+                         cross_private: str = 'aux'):
+    """`objective` on given noise: `objective(key, ...)` =
+    `objective_on_noise(..., objective_noise(key, K, B))`, the same ops."""
+    from mmvaeplus_jax import estimators  # pylint: disable=g-import-not-at-top
+    return estimators.objective(
+        self, params, batch, noise, beta=beta,
+        estimator=self.check_estimator(estimator),
+        cross_private=cross_private)
+
   def sample_shared(self, post: Posteriors, subsets, eps_choice, eps):
     """q(z | x_S) = the mixture of S's unimodal posteriors (MoE)."""
     return base.mixture_sample_shared(
