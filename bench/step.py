@@ -159,8 +159,9 @@ def parse_args(argv=None):
   p.add_argument('--vmap_modalities', action='store_true',
                  help='model.vmap_modalities=True (equal networks vmapped)')
   p.add_argument('--microbatch_size', type=int, default=-1,
-                 help='train.microbatch_size: -1 automatic (CPU: at most 16 '
-                      'examples and 200 decoder rows per gradient call), 0 '
+                 help='train.microbatch_size: -1 automatic (CPU, full width: '
+                      'at most 16 examples and 200 decoder rows per gradient '
+                      'call, limits x 1/width), 0 '
                       'one call on the whole batch (name suffix +one_call), '
                       'n examples per call (+microN)')
   p.add_argument('--conv_wgrad_chunk', type=int, default=-1,
@@ -236,33 +237,34 @@ def build_cases(args, plat, num_devices):
       kw['width'] = args.width
     cases.append(Case(name=name, **kw))
   sweeps = list(filter(None, args.sweep.split(',')))
-  custom = [int(v) for v in filter(None, args.sweep_values.split(','))]
+  custom = list(filter(None, args.sweep_values.split(',')))  # models: names
+  ints = lambda: [int(v) for v in custom]
   if custom and len(sweeps) != 1:
     raise SystemExit('--sweep_values needs exactly one --sweep')
   for sweep in sweeps:
     if sweep == 'K':
-      for k in custom or (1, 2, 5, 10, 20):
+      for k in ints() or (1, 2, 5, 10, 20):
         cases.append(Case(f'K={k}', recipe='paper_dreg', width=width,
                           batch_size=batch, num_samples=k, sweep='K'))
     elif sweep == 'M':
-      for m in custom or (2, 3, 4, 5):
+      for m in ints() or (2, 3, 4, 5):
         cases.append(Case(f'M={m}', width=width, batch_size=batch,
                           num_modalities=m, sweep='M'))
     elif sweep == 'batch':
-      for b in custom or ((8, 16, 32, 64, 128) if cpu
+      for b in ints() or ((8, 16, 32, 64, 128) if cpu
                           else (16, 32, 64, 128, 256, 512)):
         cases.append(Case(f'B={b}', width=width, batch_size=b,
                           sweep='batch'))
     elif sweep == 'models':
       from mmvaeplus_jax.configs import polymnist  # pylint: disable=g-import-not-at-top
-      for m in polymnist.MODELS:
+      for m in custom or polymnist.MODELS:
         cases.append(Case(f'model={m}', recipe=f'paper_grid,model={m}',
                           width=width, batch_size=batch, sweep='models'))
     elif sweep == 'devices':
       if cpu:
-        counts = custom or (1, 2, 4, 8)
+        counts = ints() or (1, 2, 4, 8)
       else:
-        counts = custom or tuple(
+        counts = ints() or tuple(
             2**i for i in range(8) if 2**i <= num_devices)
       for n in counts:
         cases.append(Case(f'devices={n}', width=width, batch_size=batch,
@@ -447,7 +449,7 @@ def _flops(compiled):
     cost = cost[0] if cost else {}
   if not cost:
     return None
-  f = cost.get('flops')
+  f = cost.get('flops', 0.0)  # XLA leaves the count out when it is 0
   return float(f) if f is not None and f >= 0 else None
 
 

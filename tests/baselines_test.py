@@ -106,6 +106,7 @@ def _setup(kind, images, key=0, **noise_options):
   return model, batch, params, jax.tree.map(np.asarray, noise)
 
 
+@pytest.mark.slow  # ~26 s (MoPoE's reference test below stays default)
 def test_mvae_k1_bound_is_sum_of_subset_elbos(images):
   model, batch, params, noise = _setup('mvae', images, mvae_subsets=1)
   got = jax.jit(functools.partial(model.bound, beta=BETA))(

@@ -19,6 +19,7 @@ this is more than 100 times the tolerance (measured 0.037 and 0.30).
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -33,12 +34,20 @@ GRAD_REL_L2 = 1e-4
 
 
 def test_resolve_microbatch_automatic_and_explicit():
-  r = lambda setting, b, k=1, m=5, platform='cpu': step_lib.resolve_microbatch(
-      setting, b, num_samples=k, num_modalities=m, platform=platform)
+  def r(setting, b, k=1, m=5, platform='cpu', width=1.0, name='polymnist'):
+    limits = models.cpu_microbatch_limits(
+        ml_collections.ConfigDict(dict(name=name, width=width)))
+    return step_lib.resolve_microbatch(
+        setting, b, num_samples=k, num_modalities=m, platform=platform,
+        limits=limits)
+
   assert r(-1, 128) == 16  # full-width recipe: 8 calls of 16 examples
   assert r(-1, 16) == 0 and r(-1, 8) == 0  # one call already small enough
   assert r(-1, 128, k=10) == 4  # 200 decoder rows per call
   assert r(-1, 24) == 12 and r(-1, 17) == 1  # largest divisor within limits
+  assert r(-1, 128, width=0.25) == 64 and r(-1, 32, width=0.25) == 0
+  assert r(-1, 32, k=10, width=0.125) == 0  # narrow: one call is faster
+  assert r(-1, 128, name='mnist_svhn_mmvaeplus') == 0  # not measured
   assert r(-1, 128, platform='gpu') == 0 and r(-1, 128, platform='tpu') == 0
   assert r(0, 128) == 0 and r(8, 8) == 0 and r(4, 8) == 4
   for bad in (3, -2):
@@ -77,16 +86,17 @@ def _setup(kind, num_devices, batch_size):
   return config, model, tx, mesh, params, host
 
 
-def _reference(config, model, params, batch, key):
+def _reference(config, model):
+  """(params, batch, key) -> `train_step`'s (loss, gradient) in one call."""
   o = config.objective
   options = step_lib.objective_options(o, model)
 
-  def loss_fn(p):
+  def loss_fn(p, batch, key):
     return -jnp.mean(model.objective(
         key, p, batch, num_samples=o.num_samples, beta=o.beta,
         estimator=o.estimator or None, **options))
 
-  return jax.jit(jax.value_and_grad(loss_fn))(params)
+  return jax.jit(jax.value_and_grad(loss_fn))
 
 
 def _check(kind, num_devices, batch_size, microbatch):
@@ -103,14 +113,14 @@ def _check(kind, num_devices, batch_size, microbatch):
   state = jax.device_put(state, parallel.replicated(mesh))
   base_key = jax.random.key(7)
   loss, grads = train_fn.loss_and_grad(params, batch, base_key, state.step)
-  ref_loss, ref_grads = _reference(config, model, params, host,
-                                   jax.random.fold_in(base_key, 3))
+  reference = _reference(config, model)
+  ref_loss, ref_grads = reference(params, host,
+                                  jax.random.fold_in(base_key, 3))
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=LOSS_RTOL)
   numerics.assert_rel_l2(grads, ref_grads, GRAD_REL_L2,
                          f'{kind}: microbatched vs one-call gradient')
   # The comparison can fail: the same step at another key is far off.
-  _, other = _reference(config, model, params, host,
-                        jax.random.fold_in(base_key, 4))
+  _, other = reference(params, host, jax.random.fold_in(base_key, 4))
   assert numerics.rel_l2(other, ref_grads) > 100 * GRAD_REL_L2
   # The whole step: the update of the summed gradient; compiles once.
   for _ in range(2):

@@ -442,6 +442,7 @@ def test_display_pads_mnist_beside_svhn():
   assert plotting.to_canvas(same, (28, 28, 3)) is same
 
 
+@pytest.mark.slow  # ~18 s of compilation
 def test_cross_modal_by_target_keeps_each_targets_shape():
   batch = _batch(2)
   model = mnist_svhn.make_mnist_svhn('mmvaeplus', dim_w=1, dim_z=2,

@@ -91,7 +91,7 @@ def test_full_width_value_and_grad_is_finite():
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.not_in_rerun
+@pytest.mark.slow  # ~17 s
 def test_modality_subset_reads_the_named_fields():
   """`model.modalities='m1,m3'`: the model's modalities are m1 and m3, its
   parameters are keyed by them, and the bound reads those batch fields (a

@@ -84,8 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Examples per device per call of the gradient (the step sums the
       # calls' gradients: same noise, loss and gradient up to float32
       # reassociation; training/step.py:resolve_microbatch): -1 automatic
-      # (CPU: at most 16 examples and 200 decoder rows per call; GPU/TPU
-      # one call), 0 one call, n > 0 n examples.
+      # (CPU: models.cpu_microbatch_limits, full-width PolyMNIST at most
+      # 16 examples and 200 decoder rows per call; GPU/TPU one call), 0 one
+      # call, n > 0 n examples.
       microbatch_size=-1,
       num_epochs=250,
       num_steps=-1,  # > 0 overrides num_epochs

@@ -44,6 +44,25 @@ def _get_mnist_svhn_model(config):
       mnist_lambda=config.mnist_lambda, remat=config.get('remat', False))
 
 
+def cpu_microbatch_limits(config):
+  """(examples, decoder rows) per device call of the train step's gradient
+  under `train.microbatch_size=-1` on CPU (`training/step.py:
+  resolve_microbatch`), or None: one call.
+
+  PolyMNIST, measured on the 2-core CPU (bench/RESULTS.md, 2026-12-03): at
+  full width the per-example step time grows once a call holds more than
+  16 examples at K = 1 (80 decoder rows: 0.24-0.25 s per example; B = 128 in
+  one call 0.32) and stays flat at K = 10 with 4 examples (200 rows); at
+  widths 1/4 and 1/8 one call on B = 32 was 17-20 % faster than
+  microbatches. Activations per row scale with the width, so the limits
+  scale with 1 / width. MNIST-SVHN: not measured, one call.
+  """
+  if config.name in MNIST_SVHN_MODEL_NAMES:
+    return None
+  width = float(config.width)
+  return 16.0 / width, 200.0 / width
+
+
 def get_model(config):
   """Builds the model a `config.model` section names."""
   from mmvaeplus_jax.models import polymnist  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmvaeplus_jax import models
 from mmvaeplus_jax import parallel
 
 
@@ -140,29 +141,21 @@ def make_train_step(config, model, tx):
       options=tuple(objective_options(o, model).items()))
 
 
-# Automatic microbatches (train.microbatch_size = -1, CPU only): at most this
-# many examples and this many decoder rows (M K examples) per device call.
-# Full width, K = 1, quiet 2-core CPU (bench/RESULTS.md): 0.27 s per example
-# at B = 16 (80 decoder rows) against 0.38 at B = 32 and 0.30 at B = 128;
-# K = 10: 2.08 s at B = 4 (200 rows) against 2.67 at B = 16.
-AUTO_MICROBATCH_EXAMPLES = 16
-AUTO_MICROBATCH_ROWS = 200
-
-
 def resolve_microbatch(setting: int, per_device_batch: int, *,
                        num_samples: int, num_modalities: int,
-                       platform: str) -> int:
+                       platform: str, limits=None) -> int:
   """Examples per device in one microbatch of the train step; 0 = none.
 
   Args:
     setting: `train.microbatch_size`: 0 = off (one program on the whole
       batch); n > 0 = n examples per device per microbatch (must divide the
-      per-device batch); -1 = automatic: on CPU the largest divisor n of
-      the per-device batch with n <= AUTO_MICROBATCH_EXAMPLES and
-      M K n <= AUTO_MICROBATCH_ROWS (XLA:CPU's convolutions slow down per
-      row once a call's activations outgrow the cache); GPU and TPU off
-      (their program is unchanged).
+      per-device batch); -1 = automatic: on CPU with `limits` = (examples,
+      decoder rows), the largest divisor n of the per-device batch with
+      n <= examples and M K n <= rows (XLA:CPU's convolutions slow down
+      per row once a call's activations outgrow the cache); without
+      `limits`, and on GPU and TPU, one call (their program is unchanged).
     per_device_batch: global batch / number of devices.
+    limits: `models.cpu_microbatch_limits(config.model)`.
 
   Returns:
     n, or 0 when the whole per-device batch runs in one call.
@@ -175,10 +168,11 @@ def resolve_microbatch(setting: int, per_device_batch: int, *,
   if setting == 0:
     return 0
   if setting == -1:
-    if platform != 'cpu':
+    if platform != 'cpu' or limits is None:
       return 0
-    rows = max(1, int(num_samples) * int(num_modalities))
-    limit = max(1, min(AUTO_MICROBATCH_EXAMPLES, AUTO_MICROBATCH_ROWS // rows))
+    examples, rows = limits
+    per_example = max(1, int(num_samples) * int(num_modalities))
+    limit = max(1, int(min(examples, rows // per_example)))
     n = max(d for d in range(1, min(b, limit) + 1) if b % d == 0)
     return 0 if n == b else n
   if setting < 0 or b % setting:
@@ -341,7 +335,7 @@ def jit_train_step(config, model, tx, mesh):
   `(state, batch, base_key) -> (state, metrics)`; the training shell and
   `bench/step.py` both use this, so the benchmark times the trainer's program.
   With microbatches (`train.microbatch_size`, `resolve_microbatch`: automatic
-  on CPU for per-device batches above 16 examples) it is a
+  on CPU for full-width PolyMNIST batches above 16 examples) it is a
   `MicrobatchedTrainStep`, else one `jax.jit` of `train_step`.
   """
   size = resolve_microbatch(
@@ -349,7 +343,8 @@ def jit_train_step(config, model, tx, mesh):
       config.train.batch_size // mesh.devices.size,
       num_samples=config.objective.num_samples,
       num_modalities=model.num_modalities,
-      platform=mesh.devices.flat[0].platform)
+      platform=mesh.devices.flat[0].platform,
+      limits=models.cpu_microbatch_limits(config.model))
   if size:
     return MicrobatchedTrainStep(config, model, tx, mesh, size)
   repl = parallel.replicated(mesh)
