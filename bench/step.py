@@ -586,6 +586,8 @@ def _measure(args, case, row):
   compiled_parts = [(name, lowered.compile(), calls)
                     for name, lowered, calls in parts]
   compile_s = time.perf_counter() - t
+  # Memory and the per-op profile: the program with the most FLOPs per step
+  # (microbatches: the gradient program).
   compiled = max(compiled_parts, key=lambda p: p[2] * (_flops(p[1]) or 0))[1]
   microbatch = (train_fn.size
                 if isinstance(train_fn, step_lib.MicrobatchedTrainStep) else 0)

@@ -227,14 +227,20 @@ class MultimodalVAE:
   def uniform_from_noise(self, eps) -> Array:
     return uniform_from_noise(self.family, eps)
 
-  # --------------------------------------------------------------- abstract
+  # ------------------------------------- abstract (objective: composed)
 
   def init(self, key, batch: Batch) -> Params:
     raise NotImplementedError
 
   def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
                 beta=1.0, estimator: str | None = None, **options) -> Array:
-    raise NotImplementedError
+    """The per-example surrogate `[B]` on noise drawn from `key`:
+    `objective_on_noise(params, batch, objective_noise(key, K, B))`, the
+    one composition the trainer's one-call and microbatched steps share."""
+    b = self.check_batch(batch)
+    noise = self.objective_noise(key, num_samples, b, **options)
+    return self.objective_on_noise(params, batch, noise, beta=beta,
+                                   estimator=estimator, **options)
 
   def objective_noise(self, key, num_samples: int, batch_size: int,
                       **options):

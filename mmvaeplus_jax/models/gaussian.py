@@ -69,14 +69,6 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     params.pop('aux_prior', None)
     return params
 
-  def objective(self, key, params, batch, *, num_samples: int = 1, beta=1.0,
-                estimator=None, **options):
-    """The model's ELBO (`bound`) on noise drawn from `key`: `[B]`."""
-    self.check_estimator(estimator)
-    b = self.check_batch(batch)
-    noise = self.sample_noise(key, num_samples, b, **options)
-    return self.bound(params, batch, noise, beta=beta, **options)
-
   def objective_noise(self, key, num_samples: int, batch_size: int,
                       **options):
     """The noise `objective` draws from `key` (`sample_noise`)."""
@@ -84,7 +76,7 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
 
   def objective_on_noise(self, params, batch, noise, *, beta=1.0,
                          estimator=None, **options):
-    """`objective` on given noise (`bound`)."""
+    """The model's ELBO (`bound`) on given noise: `[B]`."""
     self.check_estimator(estimator)
     return self.bound(params, batch, noise, beta=beta, **options)
 

@@ -103,17 +103,6 @@ class MMVAEPlus(base.MultimodalVAE):
   estimators = ('iwae', 'dreg', 'dreg_mmvae')
   objective_options = ('cross_private',)
 
-  def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
-                beta=1.0, estimator: str | None = None,
-                cross_private: str = 'aux'):
-    """`estimators.sample_objective` (the stratified MoE bound; its
-    estimators): `[B]` surrogate, value = the bound."""
-    from mmvaeplus_jax import estimators  # pylint: disable=g-import-not-at-top
-    return estimators.sample_objective(
-        key, self, params, batch, num_samples=num_samples, beta=beta,
-        estimator=self.check_estimator(estimator),
-        cross_private=cross_private)
-
   def objective_noise(self, key, num_samples: int, batch_size: int,
                       **options):
     """The noise `objective` draws from `key` (`sample_noise`)."""
@@ -123,8 +112,9 @@ class MMVAEPlus(base.MultimodalVAE):
   def objective_on_noise(self, params, batch: Batch, noise, *, beta=1.0,
                          estimator: str | None = None,
                          cross_private: str = 'aux'):
-    """`objective` on given noise: `objective(key, ...)` =
-    `objective_on_noise(..., objective_noise(key, K, B))`, the same ops."""
+    """`estimators.objective` (the stratified MoE bound; its estimators) on
+    given noise: `[B]` surrogate, value = the bound. With the noise of
+    `objective_noise`, the ops of `estimators.sample_objective`."""
     from mmvaeplus_jax import estimators  # pylint: disable=g-import-not-at-top
     return estimators.objective(
         self, params, batch, noise, beta=beta,
