@@ -522,8 +522,12 @@ def _measure(args, case, row):
   from mmvaeplus_jax.input import pipeline  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
+  from mmvaeplus_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+
   configure(jax, args.compilation_cache)
   cache_hits = cache_hit_counter(jax)
+  # Which XLA:CPU convolutions ran ($MMVAEPLUS_CPU_CONVOLUTIONS; xla_cpu.py).
+  row['cpu_convolutions'] = xla_cpu.cpu_convolutions()
 
   config = polymnist.get_config(case.recipe)
   config.model.update(width=case.width, num_modalities=case.num_modalities,

@@ -6,7 +6,13 @@ surrogates), the model interface (`MultimodalVAE`, models/base.py) with the
 MMVAE+ container, and `load_run` (a trained run's model and params).
 """
 
-from mmvaeplus_jax import distributions
+# First: the opt-in XLA:CPU setting must be in XLA_FLAGS before JAX starts
+# its CPU client (see xla_cpu.py; off unless MMVAEPLUS_CPU_CONVOLUTIONS=eigen).
+from mmvaeplus_jax import xla_cpu
+
+xla_cpu.configure()
+
+from mmvaeplus_jax import distributions  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mmvaeplus_jax import estimators
 from mmvaeplus_jax import objectives
 from mmvaeplus_jax.models.base import MultimodalVAE

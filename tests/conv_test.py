@@ -102,7 +102,8 @@ def test_sliced_wgrad_equals_plain_convolution(case, chunk):
 
 
 def test_resolve_wgrad_chunk():
-  assert conv_lib.resolve_wgrad_chunk(-1, 'cpu') == conv_lib.AUTO
+  assert conv_lib.resolve_wgrad_chunk(-1, 'cpu', 'ynnpack') == conv_lib.AUTO
+  assert conv_lib.resolve_wgrad_chunk(-1, 'cpu', 'eigen') == 0
   assert conv_lib.resolve_wgrad_chunk(-1, 'gpu') == 0
   assert conv_lib.resolve_wgrad_chunk(-1, 'tpu') == 0
   assert conv_lib.resolve_wgrad_chunk(0, 'cpu') == 0

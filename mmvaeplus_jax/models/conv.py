@@ -1,5 +1,13 @@
 """Convolutions with a batch-sliced weight gradient (XLA:CPU speed).
 
+With XLA:CPU's convolutions on Eigen (opt-in, `mmvaeplus_jax/xla_cpu.py`:
+$MMVAEPLUS_CPU_CONVOLUTIONS=eigen) the automatic setting uses XLA's own
+weight gradient: there the forward pass plus weight gradient of the
+64 -> 64 layer at 28 x 28 took 112-119 ms for 80 rows and 945 ms for 640
+(linear), against 153 and 877 ms with the slices below, and the
+full-width step was faster with XLA's own (2026-12-03/04). Everything
+below is about XLA's default, YNNPACK convolutions.
+
 On XLA:CPU (JAX 0.10), the weight gradient of a 3x3 convolution is lowered
 to a YNNPACK convolution whose "kernel" is the output gradient's whole
 spatial extent, and its cost grows faster than the batch: on the 2-core
@@ -38,6 +46,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from mmvaeplus_jax import xla_cpu
+
 # The automatic slice size on XLA:CPU: about `CPU_WGRAD_PIXELS` output pixels
 # per slice (1 row at 28 x 28, 4 at 14 x 14, 16 at 7 x 7), at most
 # `CPU_WGRAD_MAX_ROWS` rows, and `CPU_WGRAD_THIN_ROWS` rows when a side of
@@ -74,17 +84,24 @@ def cpu_wgrad_rows(rows: int, spatial: int, in_channels: int,
   return max(size, -(-rows // CPU_WGRAD_MAX_SLICES))
 
 
-def resolve_wgrad_chunk(value: int, platform: str | None = None) -> int:
+def resolve_wgrad_chunk(value: int, platform: str | None = None,
+                        convolutions: str | None = None) -> int:
   """Config value -> what the networks get: `AUTO` (-1) stays automatic on
-  CPU (per layer shape, `cpu_wgrad_rows`) and becomes 0 (XLA's own weight
-  gradient) on GPU and TPU; 0 = off; n > 0 = slices of n rows."""
+  CPU with YNNPACK convolutions (per layer shape, `cpu_wgrad_rows`) and
+  becomes 0 (XLA's own weight gradient) on GPU and TPU and on CPU with Eigen
+  convolutions (`xla_cpu.cpu_convolutions()`, opt-in: XLA's own weight
+  gradient through Eigen was linear in the batch and faster than the
+  slices, see the module doc); 0 = off; n > 0 = slices of n rows."""
   if not isinstance(value, int) or value < AUTO:
     raise ValueError(
         f'model.conv_wgrad_chunk must be -1 (automatic), 0 (off) or a'
         f' positive number of rows, got {value!r}')
   if value == AUTO:
     platform = platform or jax.default_backend()
-    return AUTO if platform == 'cpu' else 0
+    convolutions = convolutions or xla_cpu.cpu_convolutions()
+    if platform != 'cpu' or convolutions == xla_cpu.EIGEN:
+      return 0
+    return AUTO
   return value
 
 
