@@ -7,6 +7,13 @@ seed) lives in `root/<cell>/seed<seed>/`, a normal run directory
 (`train.py`'s checkpoints and config.json, `eval.py`'s eval/<step>/):
 
 * a run with `study_run.json` is finished: it is skipped, never retrained;
+  with `records=DIR` (`--records`), each finished run's record is also
+  copied to `DIR/<cell>/seed<seed>.json`, and a run whose record is there
+  counts as finished too. Point it at a folder that outlives the machine
+  (e.g. `studies/records/<study>/` in a checkout, committed run by run): a
+  study then continues on a new machine where `root` is empty, and its
+  table is rebuilt from the records (figures and re-scoring need the run
+  directories themselves);
 * otherwise it is trained (`training.loop.train_and_evaluate`, which
   resumes from the run's latest checkpoint: a study killed mid-run loses at
   most `checkpoint_every_steps` steps) and evaluated
@@ -151,10 +158,46 @@ def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
   return out
 
 
+def record_path(records: str, cell: Cell, seed: int) -> str:
+  return os.path.join(records, cell.name, f'seed{seed}.json')
+
+
+def recipe(cell: Cell, seed: int) -> dict:
+  """The run's config without machine-specific paths (keys ending in
+  `_dir` or `_path`, and `workdir`): what a kept record must match."""
+  def strip(node):
+    if isinstance(node, dict):
+      return {k: strip(v) for k, v in sorted(node.items())
+              if not (k.endswith(('_dir', '_path')) or k == 'workdir')}
+    if isinstance(node, (list, tuple)):
+      return [strip(v) for v in node]
+    return node
+  return strip(json.loads(run_config(cell, seed, '').to_json()))
+
+
+def _kept_record(records: str, cell: Cell, seed: int):
+  """The record kept in `records` for this run, or None.
+
+  Raises:
+    ValueError: it was made with another recipe (a changed study file).
+  """
+  path = record_path(records, cell, seed)
+  if not os.path.exists(path):
+    return None
+  record = _read_json(path)
+  if record.get('recipe') != recipe(cell, seed):
+    raise ValueError(
+        f'{path} was made with another config than this study\'s'
+        f' {cell.name} seed {seed} (the study definition or --set changed):'
+        ' delete it to retrain the run, or pass another --records folder')
+  return record
+
+
 def run_study(study: Study, root: str, *,
               train: Callable | None = None,
               evaluate: Callable | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print,
+              records: str | None = None) -> dict:
   """Trains and evaluates every unfinished run; returns the table dict.
 
   Args:
@@ -165,6 +208,8 @@ def run_study(study: Study, root: str, *,
     evaluate: `(config, workdir) -> metrics` (default
       `evaluation.runner.evaluate`).
     log: progress lines.
+    records: a folder that keeps a copy of every finished run's record
+      (module doc); None: only `root`.
   """
   if train is None:
     from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -175,14 +220,24 @@ def run_study(study: Study, root: str, *,
     evaluate = runner.evaluate
   root = os.path.abspath(os.path.expanduser(root))
   os.makedirs(root, exist_ok=True)
-  clf_dir = ensure_classifiers(study, root, log=log)
+  if records:
+    records = os.path.abspath(os.path.expanduser(records))
   runs = study.runs()
+  if records and all(_kept_record(records, c, s) for c, s in runs):
+    log(f'every run has a record in {records}: nothing to train')
+    return write_table(study, root, records)
+  clf_dir = ensure_classifiers(study, root, log=log)
   for i, (cell, seed) in enumerate(runs):
     workdir = run_dir(root, cell, seed)
     head = f'[{i + 1}/{len(runs)}] {cell.name} seed {seed}'
     done = os.path.join(workdir, DONE_FILE)
     if os.path.exists(done):
       log(f'{head}: finished earlier, skipped')
+      if records:
+        _write_json(record_path(records, cell, seed), _read_json(done))
+      continue
+    if records and _kept_record(records, cell, seed):
+      log(f'{head}: finished earlier (record in {records}), skipped')
       continue
     config = run_config(cell, seed, clf_dir)
     if check:
@@ -195,7 +250,7 @@ def run_study(study: Study, root: str, *,
       # neither evaluated nor marked done, and the study stops here.
       log(f'{head}: stopped at step {summary.get("step")} (SIGTERM); not'
           ' evaluated. Run the same command to continue.')
-      return write_table(study, root)
+      return write_table(study, root, records)
     start = time.time()
     metrics = evaluate(config, workdir)
     evaluated = time.time() - start
@@ -204,17 +259,31 @@ def run_study(study: Study, root: str, *,
         'eval_seconds': evaluated, 'commit': _commit(),
         'train': {k: v for k, v in summary.items() if _is_number(v)},
         'eval': {k: v for k, v in metrics.items() if _is_number(v)},
+        'recipe': recipe(cell, seed),
     }
-    tmp = done + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, done)  # written last: the run counts as finished
+    _write_json(done, record)  # written last: the run counts as finished
+    if records:
+      _write_json(record_path(records, cell, seed), record)
     shown = ', '.join(f'{k} {record["eval"][k]:.4g}' for k in study.metrics
                       if k in record['eval'])
     log(f'{head}: trained {trained:.0f} s, evaluated {evaluated:.0f} s'
         + (f'; {shown}' if shown else ''))
-    write_table(study, root)
-  return write_table(study, root)
+    write_table(study, root, records)
+  return write_table(study, root, records)
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj) -> None:
+  """Atomically (a killed writer leaves the old file or none)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def _is_number(v) -> bool:
@@ -222,14 +291,17 @@ def _is_number(v) -> bool:
       isinstance(v, bool))
 
 
-def collect(study: Study, root: str) -> list[dict]:
-  """The finished runs' records, in study order."""
+def collect(study: Study, root: str,
+            records: str | None = None) -> list[dict]:
+  """The finished runs' records, in study order: `root`'s run directory,
+  else the copy in `records`."""
   out = []
   for cell, seed in study.runs():
-    path = os.path.join(run_dir(root, cell, seed), DONE_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
+    for path in (os.path.join(run_dir(root, cell, seed), DONE_FILE),
+                 record_path(records, cell, seed) if records else None):
+      if path and os.path.exists(path):
+        out.append(_read_json(path))
+        break
   return out
 
 
@@ -268,9 +340,10 @@ def markdown(study: Study, table: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_table(study: Study, root: str) -> dict:
-  """Writes `root/results.json` and `root/results.md`; returns the table."""
-  records = collect(study, root)
+def write_table(study: Study, root: str, records: str | None = None) -> dict:
+  """Writes `root/results.json` and `root/results.md` (from `root`'s runs
+  and the copies in `records`); returns the table."""
+  records = collect(study, root, records)
   table = summarise(study, records)
   with open(os.path.join(root, 'results.json'), 'w') as f:
     json.dump({'study': study.name, 'runs': records, 'table': table}, f,
@@ -327,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                       ' nothing')
   parser.add_argument('--tag', default='',
                       help='name of the --rescore evaluation')
+  parser.add_argument('--records', default='',
+                      help='also keep every finished run\'s record in this'
+                      ' folder (e.g. studies/records/<study> in a checkout,'
+                      ' committed): runs recorded there are not retrained'
+                      ' and count in the table on any machine')
   args = parser.parse_args(argv)
   if args.rescore and not args.tag:
     parser.error('--rescore needs --tag NAME')
@@ -344,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       files = study_report.write_figures(study, args.root, args.report)
       print(f'wrote {", ".join(files)} to {args.report}')
     return
-  run_study(study, args.root, log=lambda m: print(m, flush=True))
+  run_study(study, args.root, log=lambda m: print(m, flush=True),
+            records=args.records or None)
   print(open(os.path.join(args.root, 'results.md')).read())
 
 

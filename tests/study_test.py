@@ -211,3 +211,59 @@ def test_missing_classifiers_fail_before_training(tmp_path):
     study_lib.run_study(study, str(tmp_path / 'root'),
                         train=lambda c, w: pytest.fail('trained'),
                         log=lambda m: None)
+
+
+def test_records_outlive_the_study_directory(tmp_path):
+  """With `records`, a new machine (empty root) retrains nothing that is
+  recorded, and the table counts the recorded runs."""
+  study = _study()
+  records = tmp_path / 'records'
+  calls = []
+  train, evaluate = _fakes(calls, kill_at=3)
+  with pytest.raises(Killed):  # two runs finished, the third killed
+    study_lib.run_study(study, str(tmp_path / 'old'), train=train,
+                        evaluate=evaluate, log=lambda m: None,
+                        records=str(records))
+  assert sorted(p.name for p in records.glob('*/*.json')) == [
+      'seed0.json', 'seed0.json']
+  # A new machine: the old root is gone, the records folder is kept.
+  calls.clear()
+  train, evaluate = _fakes(calls)
+  table = study_lib.run_study(study, str(tmp_path / 'new'), train=train,
+                              evaluate=evaluate, log=lambda m: None,
+                              records=str(records))
+  assert [c for c in calls if c[0] == 'train'] == [
+      ('train', 'a', 1), ('train', 'b', 1)]
+  assert table['a']['m'][2] == 2 and table['b']['m'][2] == 2
+  assert table['a']['m'][0] == pytest.approx(1.5)  # betas 1 + seeds 0, 1
+  runs = json.loads((tmp_path / 'new' / 'results.json').read_text())['runs']
+  assert len(runs) == 4
+  # Everything recorded: nothing trained, no classifiers needed.
+  calls.clear()
+  study_lib.run_study(study, str(tmp_path / 'newer'), train=train,
+                      evaluate=evaluate, log=lambda m: None,
+                      records=str(records))
+  assert not calls
+  # Runs finished in root (here seeds 1) are copied to a new records
+  # folder, not retrained; the others (seeds 0, recorded elsewhere) are.
+  other = tmp_path / 'other_records'
+  study_lib.run_study(study, str(tmp_path / 'new'), train=train,
+                      evaluate=evaluate, log=lambda m: None,
+                      records=str(other))
+  assert [c for c in calls if c[0] == 'train'] == [
+      ('train', 'a', 0), ('train', 'b', 0)]
+  assert len(list(other.glob('*/*.json'))) == 4
+  # A kept record made with another recipe is an error, not a silent reuse.
+  study.cells[0].config.objective.beta = 3.0
+  with pytest.raises(ValueError, match='delete it to retrain'):
+    study_lib.run_study(study, str(tmp_path / 'newest'), train=train,
+                        evaluate=evaluate, log=lambda m: None,
+                        records=str(records))
+  # Machine paths do not count.
+  study.cells[0].config.objective.beta = 1.0
+  study.cells[0].config.data.manual_dir = '/elsewhere'
+  calls.clear()
+  study_lib.run_study(study, str(tmp_path / 'newest'), train=train,
+                      evaluate=evaluate, log=lambda m: None,
+                      records=str(records))
+  assert not calls
