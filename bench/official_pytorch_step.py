@@ -5,9 +5,9 @@ code. That code is NOT part of this repository: pass a checkout (or copy) of
 srl-ethz/mmvaeplus with `--official_dir` (the repository root or its `src/`).
 Run it in a virtualenv that has torch and numpy only, e.g.
 
-    python3 -m venv /work/torchvenv
-    /work/torchvenv/bin/pip install torch==2.13.0 numpy
-    /work/torchvenv/bin/python bench/official_pytorch_step.py \
+    python3 -m venv torchvenv
+    torchvenv/bin/pip install torch==2.13.0 numpy
+    torchvenv/bin/python bench/official_pytorch_step.py \
         --official_dir=/path/to/mmvaeplus --K=1 --B=128 --obj=elbo
 
 What is timed is the body of `train()` in the official
@@ -270,7 +270,7 @@ def main(argv=None):
       cpu_count=os.cpu_count(), python=platform.python_version(),
       loadavg_start=[round(x, 2) for x in loadavg_start],
       loadavg_end=[round(x, 2) for x in os.getloadavg()],
-      official_src=src, official_rev=a.official_rev,
+      official_rev=a.official_rev,
       stand_ins=stubbed)
   line = json.dumps(row)
   print(line, flush=True)

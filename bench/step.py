@@ -403,6 +403,18 @@ def header():
                   for c, w, _ in COLUMNS)
 
 
+def _portable(arg: str) -> str:
+  """An argument as recorded in a row: an absolute path (alone or after
+  `--flag=`) relative to the repository when inside it, else its file name,
+  so rows carry no machine's paths."""
+  flag, eq, value = arg.rpartition('=') if arg.startswith('-') else ('', '', arg)
+  if not os.path.isabs(value):
+    return arg
+  rel = os.path.relpath(value, _REPO)
+  value = os.path.basename(value) if rel.startswith('..') else rel
+  return flag + eq + value
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.worker:
@@ -421,7 +433,7 @@ def main(argv=None):
         'peak_bytes_in_use, (xla) = compiled temp+argument+output bytes',
         flush=True)
   print(header(), flush=True)
-  command = ' '.join(shlex.quote(a) for a in [
+  command = ' '.join(shlex.quote(_portable(a)) for a in [
       'python', os.path.relpath(os.path.abspath(__file__), _REPO)]
                      + list(sys.argv[1:] if argv is None else argv))
   for case in cases:

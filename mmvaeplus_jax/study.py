@@ -185,12 +185,23 @@ def _kept_record(records: str, cell: Cell, seed: int):
   if not os.path.exists(path):
     return None
   record = _read_json(path)
-  if record.get('recipe') != recipe(cell, seed):
+  kept, now = record.get('recipe') or {}, recipe(cell, seed)
+  if kept != now:
+    diff = sorted(f'{section}.{k}' for section in set(kept) | set(now)
+                  for k in set(_as_dict(kept.get(section)))
+                  | set(_as_dict(now.get(section)))
+                  if _as_dict(kept.get(section)).get(k)
+                  != _as_dict(now.get(section)).get(k))
     raise ValueError(
         f'{path} was made with another config than this study\'s'
-        f' {cell.name} seed {seed} (the study definition or --set changed):'
-        ' delete it to retrain the run, or pass another --records folder')
+        f' {cell.name} seed {seed} ({", ".join(diff) or "no recipe"}'
+        ' differ; the study definition or --set changed): delete it to'
+        ' retrain the run, or pass another --records folder')
   return record
+
+
+def _as_dict(node) -> dict:
+  return node if isinstance(node, dict) else {'': node}
 
 
 def run_study(study: Study, root: str, *,
