@@ -21,7 +21,11 @@ seed) lives in `root/<cell>/seed<seed>/`, a normal run directory
   times, commit) is written last;
 * the coherence classifiers are trained once per study, in
   `root/classifiers`, unless the cells' configs name a
-  `evals.classifier_dir`.
+  `evals.classifier_dir`;
+* drivers may share a root (e.g. on two machines with a shared disk, or
+  by mistake): a run is claimed with an `flock` on its
+  `study_run.lock` while it trains and evaluates, another driver skips it,
+  and the lock goes with the process that held it (killed or not).
 
 One progress line per run, then the table: `root/results.json` (every
 run's metrics) and `root/results.md` (mean +- std over seeds of the study's
@@ -40,6 +44,7 @@ with another classifier set (`study_report`); neither trains anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -52,7 +57,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+try:
+  import fcntl  # pylint: disable=g-import-not-at-top
+except ImportError:  # not POSIX: no locks (one driver per root)
+  fcntl = None
+
 DONE_FILE = 'study_run.json'
+LOCK_FILE = 'study_run.lock'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +106,28 @@ def run_dir(root: str, cell: Cell, seed: int) -> str:
   return os.path.join(root, cell.name, f'seed{seed}')
 
 
+@contextlib.contextmanager
+def _claim(workdir: str):
+  """Yields True when this process holds the run's lock (`flock` on
+  `workdir/study_run.lock`, released when the process ends, killed or
+  not), False when another driver holds it: drivers sharing a root train
+  different runs."""
+  os.makedirs(workdir, exist_ok=True)
+  if fcntl is None:
+    yield True
+    return
+  with open(os.path.join(workdir, LOCK_FILE), 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _commit() -> str:
   try:
     return subprocess.run(
@@ -132,8 +165,17 @@ def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
     return ''
   from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
   out = os.path.join(root, 'classifiers')
-  if os.path.exists(os.path.join(out, classifiers.METADATA_FILE)):
-    return out  # trained by an earlier start of this study
+  with open(os.path.join(root, 'classifiers.lock'), 'a') as lock:
+    # Drivers sharing a root: the first trains, the others wait for it.
+    if fcntl is not None:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(out, classifiers.METADATA_FILE)):
+      return out  # trained by an earlier start of this study
+    return _train_classifiers(study, out, log)
+
+
+def _train_classifiers(study: Study, out: str, log) -> str:
+  from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.input import sources  # pylint: disable=g-import-not-at-top
   config = study.cells[0].config
@@ -208,7 +250,8 @@ def run_study(study: Study, root: str, *,
               train: Callable | None = None,
               evaluate: Callable | None = None,
               log: Callable[[str], None] = print,
-              records: str | None = None) -> dict:
+              records: str | None = None,
+              cells: Sequence[str] | None = None) -> dict:
   """Trains and evaluates every unfinished run; returns the table dict.
 
   Args:
@@ -221,7 +264,14 @@ def run_study(study: Study, root: str, *,
     log: progress lines.
     records: a folder that keeps a copy of every finished run's record
       (module doc); None: only `root`.
+    cells: train only these cells' runs (None: all); the table still
+      shows every finished run of the study.
   """
+  names = [c.name for c in study.cells]
+  unknown = sorted(set(cells or ()) - set(names))
+  if unknown:
+    raise ValueError(f'unknown cell(s) {", ".join(unknown)}: the study'
+                     f' {study.name} has {", ".join(names)}')
   if train is None:
     from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
     train = loop.train_and_evaluate
@@ -234,6 +284,8 @@ def run_study(study: Study, root: str, *,
   if records:
     records = os.path.abspath(os.path.expanduser(records))
   runs = study.runs()
+  if cells:
+    runs = [(c, s) for c, s in runs if c.name in cells]
   if records and all(_kept_record(records, c, s) for c, s in runs):
     log(f'every run has a record in {records}: nothing to train')
     return write_table(study, root, records)
@@ -250,37 +302,63 @@ def run_study(study: Study, root: str, *,
     if records and _kept_record(records, cell, seed):
       log(f'{head}: finished earlier (record in {records}), skipped')
       continue
-    config = run_config(cell, seed, clf_dir)
-    if check:
-      _check_classifiers(config)
-    start = time.time()
-    summary = train(config, workdir)
-    trained = time.time() - start
-    if summary.get('interrupted'):
-      # SIGTERM: the checkpoint is saved; the run is not finished, so it is
-      # neither evaluated nor marked done, and the study stops here.
-      log(f'{head}: stopped at step {summary.get("step")} (SIGTERM); not'
-          ' evaluated. Run the same command to continue.')
-      return write_table(study, root, records)
-    start = time.time()
-    metrics = evaluate(config, workdir)
-    evaluated = time.time() - start
-    record = {
-        'cell': cell.name, 'seed': seed, 'train_seconds': trained,
-        'eval_seconds': evaluated, 'commit': _commit(),
-        'train': {k: v for k, v in summary.items() if _is_number(v)},
-        'eval': {k: v for k, v in metrics.items() if _is_number(v)},
-        'recipe': recipe(cell, seed),
-    }
-    _write_json(done, record)  # written last: the run counts as finished
-    if records:
-      _write_json(record_path(records, cell, seed), record)
-    shown = ', '.join(f'{k} {record["eval"][k]:.4g}' for k in study.metrics
-                      if k in record['eval'])
-    log(f'{head}: trained {trained:.0f} s, evaluated {evaluated:.0f} s'
-        + (f'; {shown}' if shown else ''))
-    write_table(study, root, records)
+    with _claim(workdir) as mine:
+      if not mine:
+        log(f'{head}: being trained by another driver, skipped')
+        continue
+      if os.path.exists(done):  # finished by another driver meanwhile
+        log(f'{head}: finished earlier, skipped')
+        continue
+      if not _train_one(study, root, records, cell, seed, workdir, clf_dir,
+                        head, train=train, evaluate=evaluate, check=check,
+                        log=log):
+        return write_table(study, root, records)
   return write_table(study, root, records)
+
+
+def _train_one(study, root, records, cell, seed, workdir, clf_dir, head, *,
+               train, evaluate, check, log) -> bool:
+  """Trains and evaluates one run; False when it was interrupted."""
+  config = run_config(cell, seed, clf_dir)
+  if check:
+    _check_classifiers(config)
+  start = time.time()
+  summary = train(config, workdir)
+  trained = time.time() - start
+  if summary.get('interrupted'):
+    # SIGTERM: the checkpoint is saved; the run is not finished, so it is
+    # neither evaluated nor marked done, and the study stops here.
+    log(f'{head}: stopped at step {summary.get("step")} (SIGTERM); not'
+        ' evaluated. Run the same command to continue.')
+    return False
+  start = time.time()
+  metrics = evaluate(config, workdir)
+  evaluated = time.time() - start
+  record = {
+      'cell': cell.name, 'seed': seed, 'train_seconds': trained,
+      'eval_seconds': evaluated, 'commit': _commit(),
+      'evaluator_seconds': _evaluator_seconds(workdir, metrics),
+      'train': {k: v for k, v in summary.items() if _is_number(v)},
+      'eval': {k: v for k, v in metrics.items() if _is_number(v)},
+      'recipe': recipe(cell, seed),
+  }
+  # Written last: the run counts as finished.
+  _write_json(os.path.join(workdir, DONE_FILE), record)
+  if records:
+    _write_json(record_path(records, cell, seed), record)
+  shown = ', '.join(f'{k} {record["eval"][k]:.4g}' for k in study.metrics
+                    if k in record['eval'])
+  log(f'{head}: trained {trained:.0f} s, evaluated {evaluated:.0f} s'
+      + (f'; {shown}' if shown else ''))
+  write_table(study, root, records)
+  return True
+
+
+def _evaluator_seconds(workdir: str, metrics: dict) -> dict:
+  """Wall time per evaluator (`eval.py`'s seconds.json), {} if none."""
+  path = os.path.join(workdir, 'eval', str(metrics.get('step')),
+                      'seconds.json')
+  return _read_json(path) if os.path.exists(path) else {}
 
 
 def _read_json(path: str):
@@ -409,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='re-score the finished runs with this classifier'
                       ' folder (study_report.rescore, needs --tag); trains'
                       ' nothing')
+  parser.add_argument('--cells', default='',
+                      help='comma-separated cell names: train only their'
+                      ' runs (default: every cell); the table still shows'
+                      ' every finished run')
   parser.add_argument('--tag', default='',
                       help='name of the --rescore evaluation')
   parser.add_argument('--records', default='',
@@ -434,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f'wrote {", ".join(files)} to {args.report}')
     return
   run_study(study, args.root, log=lambda m: print(m, flush=True),
-            records=args.records or None)
+            records=args.records or None,
+            cells=[c for c in args.cells.split(',') if c] or None)
   print(open(os.path.join(args.root, 'results.md')).read())
 
 

@@ -142,6 +142,10 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
     assert n == 2 and 0.0 <= mean <= 1.0
     assert math.isfinite(table[cell]['eval/bound'][0])
   assert (tmp_path / 'classifiers').is_dir()  # trained once for the study
+  record = json.loads((tmp_path / 'mmvae' / 'seed1' / study_lib.DONE_FILE)
+                      .read_text())
+  assert set(record['evaluator_seconds']) == {'bound', 'coherence', 'grids'}
+  assert all(s >= 0 for s in record['evaluator_seconds'].values())
   assert 'mmvaeplus' in (tmp_path / 'results.md').read_text()
 
   # The report's figures (real grids copied) and a re-score with the same
@@ -267,3 +271,59 @@ def test_records_outlive_the_study_directory(tmp_path):
                       evaluate=evaluate, log=lambda m: None,
                       records=str(records))
   assert not calls
+
+
+def test_drivers_sharing_a_root_train_different_runs(tmp_path):
+  """A run another driver is training (its lock held) is skipped; when that
+  driver dies, killed, its lock goes with it and the run is trained."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  study = _study()
+  lock = tmp_path / 'b' / 'seed0' / study_lib.LOCK_FILE
+  lock.parent.mkdir(parents=True)
+  other = subprocess.Popen(
+      [sys.executable, '-c',
+       'import fcntl, sys\n'
+       f'f = open({str(lock)!r}, "a")\n'
+       'fcntl.flock(f, fcntl.LOCK_EX)\n'
+       'print("locked", flush=True)\n'
+       'sys.stdin.read()\n'],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert other.stdout.readline().strip() == 'locked'
+    calls, lines = [], []
+    train, evaluate = _fakes(calls)
+    study_lib.run_study(study, str(tmp_path), train=train,
+                        evaluate=evaluate, log=lines.append)
+    assert ('train', 'b', 0) not in calls
+    assert [c for c in calls if c[0] == 'train'] == [
+        ('train', 'a', 0), ('train', 'a', 1), ('train', 'b', 1)]
+    assert lines[1] == ('[2/4] b seed 0: being trained by another driver,'
+                        ' skipped')
+    assert '3 of 4 runs finished' in (tmp_path / 'results.md').read_text()
+  finally:
+    other.kill()
+    other.wait()
+  calls.clear()
+  study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
+                      log=lambda m: None)
+  assert [c for c in calls if c[0] == 'train'] == [('train', 'b', 0)]
+  assert '4 of 4 runs finished' in (tmp_path / 'results.md').read_text()
+
+
+def test_cells_restricts_training_not_the_table(tmp_path):
+  study = _study()
+  calls = []
+  train, evaluate = _fakes(calls)
+  study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
+                      log=lambda m: None, cells=['a'])
+  table = study_lib.run_study(study, str(tmp_path), train=train,
+                              evaluate=evaluate, log=lambda m: None,
+                              cells=['b'])
+  assert [c for c in calls if c[0] == 'train'] == [
+      ('train', 'a', 0), ('train', 'a', 1), ('train', 'b', 0),
+      ('train', 'b', 1)]
+  assert table['a']['m'][2] == table['b']['m'][2] == 2
+  with pytest.raises(ValueError, match='unknown cell.*c.*has a, b'):
+    study_lib.run_study(study, str(tmp_path), train=train,
+                        evaluate=evaluate, cells=['a', 'c'])

@@ -4,8 +4,9 @@ Restores a training checkpoint read-only (abstract-state restore, replicated
 over the available devices), runs the evaluators named in
 `config.evals.evaluators` (plug-ins, `evaluation.api`) and writes
 `workdir/eval/<step>/metrics.json` (every evaluator's metrics merged; a
-`skipped` dict `{name: reason}` for whatever could not run), TensorBoard
-scalars under `workdir/eval/` and PNG figures beside the metrics.
+`skipped` dict `{name: reason}` for whatever could not run), each
+evaluator's wall time in `seconds.json` beside it, TensorBoard scalars under
+`workdir/eval/` and PNG figures beside the metrics.
 
 Evaluators (default: all of them, in this order):
 
@@ -74,6 +75,7 @@ OPTIONAL = {'figures': 'mmvaeplus_jax.evaluation.figures',
             'alpha_sweep': 'mmvaeplus_jax.evaluation.figures'}
 
 ROOT_KEY_SALT = 1_000_003
+SECONDS_FILE = 'seconds.json'  # beside metrics.json: wall time per evaluator
 
 
 # ---------------------------------------------------------------- evaluators
@@ -307,6 +309,7 @@ def evaluate(config, workdir: str, step: int | None = None, *,
 
   metrics: dict = {'step': step, 'num_examples': n}
   skipped: dict[str, str] = {}
+  seconds: dict[str, float] = {}  # wall time per evaluator (not a metric)
   train_source = _train_source(config.data)
   for name, fn in evaluators:
     ctx = api.EvalContext(
@@ -316,12 +319,15 @@ def evaluate(config, workdir: str, step: int | None = None, *,
         classifiers=clfs)
     start = time.time()
     _merge(metrics, skipped, name, fn(ctx))
+    seconds[name] = round(time.time() - start, 1)
     logging.info('evaluator %s: %.1f s%s', name, time.time() - start,
                  f' (skipped: {skipped[name]})' if name in skipped else '')
   metrics['skipped'] = skipped
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, SECONDS_FILE), 'w') as f:
+      json.dump(seconds, f, indent=2)
     if not tag:
       writer = writers.create_writer(os.path.join(workdir, 'eval'))
       writer.write_scalars(step, _scalars(metrics))
