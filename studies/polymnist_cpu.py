@@ -36,9 +36,20 @@ latents, lr 3e-3 and batch 8 learned):
   4,000) for every model.
 """
 
+import os
+
 from mmvaeplus_jax import study
 from mmvaeplus_jax.configs import common
 from mmvaeplus_jax.configs import polymnist
+
+# The study's coherence classifiers, kept in the repository (9 MB) so that
+# every run of the study, on any machine and in any session, is scored by
+# the same set, and no session spends 20-40 CPU minutes retraining it:
+# `wide`, trained on `rebuilt` with `--seed 0` (its classifiers.json holds
+# the command, commit and test accuracies; docs/results.md).
+# `--set evals.classifier_dir=DIR` scores with another set.
+CLASSIFIERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'classifiers', 'rebuilt_wide_seed0')
 
 METRICS = (
     'coherence/cond/mean', 'coherence/uncond', 'fd_clf/cond/mean/with_self',
@@ -68,6 +79,8 @@ def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
       num_examples=2000, num_unconditional=2000, latent_num_train=5000,
       fd_clf_num_examples=2000, fd_clf_num_unconditional=2000,
       bound_num_samples=10, all_subsets=True)
+  if data == 'rebuilt':
+    c.evals.classifier_dir = CLASSIFIERS
   return study.Cell(name, c)
 
 

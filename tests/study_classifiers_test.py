@@ -1,0 +1,48 @@
+"""The coherence classifiers kept in the repository for the PolyMNIST study
+(`studies/classifiers/rebuilt_wide_seed0`): present, loadable, and, where
+../shared/data is available, as accurate as their classifiers.json says."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from mmvaeplus_jax.evaluation import classifiers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SET = REPO / 'studies' / 'classifiers' / 'rebuilt_wide_seed0'
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+NAMES = [f'm{i}' for i in range(5)]
+
+
+def test_the_study_uses_the_kept_set():
+  from mmvaeplus_jax import study  # pylint: disable=g-import-not-at-top
+  fig1 = study.load_study(str(REPO / 'studies' / 'polymnist_cpu.py')
+                          + ':fig1')
+  assert {c.config.evals.classifier_dir for c in fig1.cells} == {str(SET)}
+  params, meta = classifiers.load_classifiers(SET, NAMES)
+  assert sorted(params) == NAMES
+  assert set(meta['archs'].values()) == {'wide'}
+  assert all(a >= 0.98 for a in meta['test_accuracy'].values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHARED_DATA / 'mnist').is_dir(),
+    reason=f'real MNIST / backgrounds not available at {SHARED_DATA}')
+def test_kept_set_scores_its_recorded_accuracy(tmp_path):
+  """The 10,000 `rebuilt` test images per modality: the recorded accuracy,
+  up to 2 predictions per modality that another CPU's rounding may flip
+  (an image within rounding distance of a decision boundary)."""
+  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  test = builders.load_split('rebuilt', 'test', tmp_path / 'tfds',
+                             manual_dir=SHARED_DATA)
+  params, meta = classifiers.load_classifiers(SET, NAMES)
+  recorded = json.loads((SET / classifiers.METADATA_FILE).read_text())
+  assert meta['test_accuracy'] == recorded['test_accuracy']
+  for name in NAMES:
+    acc = classifiers.accuracy(params[name], test[name], test['label'])
+    np.testing.assert_allclose(acc, meta['test_accuracy'][name],
+                               atol=2 / len(test['label']) + 1e-12,
+                               err_msg=name)
