@@ -327,3 +327,27 @@ def test_cells_restricts_training_not_the_table(tmp_path):
   with pytest.raises(ValueError, match='unknown cell.*c.*has a, b'):
     study_lib.run_study(study, str(tmp_path), train=train,
                         evaluate=evaluate, cells=['a', 'c'])
+
+
+def test_gpu_study_definition():
+  """studies/polymnist_gpu.py: the 2024 recipe at full width for MMVAE+ and
+  MMVAE, sized by wall time, scored with the CPU study's kept classifiers."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
+  gpu = study_lib.load_study(str(studies / 'polymnist_gpu.py') + ':2024')
+  cpu = study_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
+  assert [c.name for c in gpu.cells] == ['mmvaeplus', 'mmvae']
+  assert gpu.metrics == cpu.metrics and gpu.seeds == (0,)
+  for cell in gpu.cells:
+    c = cell.config
+    assert c.model.width == 1.0 and c.train.batch_size == 128
+    assert c.train.max_train_seconds == 180.0
+    assert (c.objective.num_samples, c.objective.estimator,
+            c.objective.beta) == (1, 'iwae', 2.5)
+    assert c.evals.classifier_dir == cpu.cells[0].config.evals.classifier_dir
+    assert c.evals.num_examples == 10000
+  assert gpu.cells[0].config.model.dim_w == 32
+  assert gpu.cells[1].config.model.dim_w == 0
+  short = study_lib.load_study(str(studies / 'polymnist_gpu.py')
+                               + ':2024,train_s=60,models=mmvaeplus')
+  assert [c.config.train.max_train_seconds for c in short.cells] == [60.0]

@@ -196,6 +196,26 @@ def test_loop_skips_nan_batches_then_stops_on_a_streak(data_dir, tmp_path,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
 
 
+def test_max_train_seconds_ends_like_a_finished_run(data_dir, tmp_path):
+  """Past train.max_train_seconds the run stops at the next log step,
+  evaluated and checkpointed there, not 'interrupted'; started again
+  (no limit) it continues to num_steps."""
+  config = _tiny_config(data_dir)
+  config.train.update(num_steps=6, log_every_steps=2, eval_every_steps=100,
+                      checkpoint_every_steps=100, max_train_seconds=1e-6)
+  workdir = tmp_path / 'timed'
+  summary = loop.train_and_evaluate(config, str(workdir))
+  assert summary['step'] == 2 and summary['stopped_at_time_limit']
+  assert not summary['interrupted']
+  assert _steps(workdir) == [2]
+  assert np.isfinite(summary['eval/bound'])  # evaluated as at the end
+  assert (workdir / 'samples' / 'cross_modal_00000002.png').exists()
+  config.train.max_train_seconds = 0.0
+  summary = loop.train_and_evaluate(config, str(workdir))
+  assert summary['step'] == 6 and not summary['stopped_at_time_limit']
+  assert _steps(workdir) == [2, 6]
+
+
 # ------------------------------------------------------------- subprocesses
 
 def _env(devices):

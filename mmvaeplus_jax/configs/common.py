@@ -90,6 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
       microbatch_size=-1,
       num_epochs=250,
       num_steps=-1,  # > 0 overrides num_epochs
+      # > 0: each start of the run trains at most this many seconds (checked
+      # every log_every_steps, compilation included), then saves a
+      # checkpoint and ends like a finished run ('stopped_at_time_limit' in
+      # its metrics; starting it again continues towards num_steps): runs
+      # sized by a wall-clock budget (a GPU window, a Colab session).
+      max_train_seconds=0.0,
       log_every_steps=50,
       eval_every_steps=1000,
       checkpoint_every_steps=1000,

@@ -17,6 +17,9 @@
   train split (or loaded from `evals.classifier_dir`), prints it and adds
   it to `metrics.json`;
 * on SIGTERM saves a checkpoint and returns normally (exit status 0);
+* with `train.max_train_seconds > 0`, stops at the first log step past that
+  much training time (from the start of this call), saves a checkpoint and
+  ends as a finished run with `stopped_at_time_limit` in its metrics;
 * stops with `NonFiniteError` after `max_consecutive_nonfinite` skipped
   updates, without saving, so the last good checkpoint stays the latest.
 """
@@ -165,7 +168,8 @@ def train_and_evaluate(config, workdir: str):
   pending = None
   bar = tqdm.tqdm(total=num_steps, initial=start, disable=not is_main,
                   unit='step', dynamic_ncols=True)
-  t_log = time.time()
+  t_log = t_start = time.time()
+  out_of_time = False
 
   def drain(pending):
     """Reads one step's metrics (lagged), checks non-finite streaks."""
@@ -211,6 +215,11 @@ def train_and_evaluate(config, workdir: str):
         writer.write_scalars(done, scalars)
         summary.update(scalars)
         history, t_log = [], time.time()
+        if tc.max_train_seconds > 0 and done < num_steps:
+          out_of_time = _agree(t_log - t_start > tc.max_train_seconds)
+      if out_of_time:
+        # As at num_steps: evaluated (test bound, grids) and checkpointed.
+        num_steps = done
       if done % tc.eval_every_steps == 0 or done == num_steps:
         summary.update(_evaluate(config, workdir, done, model, state.params,
                                  eval_fn, eval_src, eval_key, mesh, writer))
@@ -221,6 +230,11 @@ def train_and_evaluate(config, workdir: str):
         manager.wait_until_finished()
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.',
                         done)
+        break
+      if out_of_time:
+        logging.warning('Stopped after step %d: %.0f s of training reached'
+                        ' train.max_train_seconds=%g; checkpoint saved.',
+                        done, time.time() - t_start, tc.max_train_seconds)
         break
     if pending is not None:
       drain(pending)
@@ -239,10 +253,20 @@ def train_and_evaluate(config, workdir: str):
   # such as the study driver must not evaluate it as if it were).
   summary['interrupted'] = bool(sigterm.received) and int(
       state.step) < num_steps
+  summary['stopped_at_time_limit'] = out_of_time
   if is_main:
     with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   return summary
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's `flag` on every process (hosts' clocks differ; all must
+  stop at the same step)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
