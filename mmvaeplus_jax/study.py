@@ -85,6 +85,11 @@ class Study:
   # Epochs of the study's classifiers (None: their architecture's recipe,
   # `classifiers.RECIPES`: 14 for the default 'wide').
   classifier_epochs: int | None = None
+  # (tag, classifier_dir) pairs: every run is also scored with these other
+  # classifier sets (its coherence; `eval/<step>-<tag>/`), kept in its
+  # record under `rescored/<tag>`: how much the study's coherence moves
+  # with the classifiers.
+  rescore: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     names = [c.name for c in self.cells]
@@ -334,14 +339,20 @@ def _train_one(study, root, records, cell, seed, workdir, clf_dir, head, *,
   start = time.time()
   metrics = evaluate(config, workdir)
   evaluated = time.time() - start
+  rescored = {}
+  for tag, other in study.rescore:
+    rescored[tag] = rescore_run(config, workdir, metrics.get('step'), other,
+                                tag, evaluate=evaluate)
   record = {
       'cell': cell.name, 'seed': seed, 'train_seconds': trained,
       'eval_seconds': evaluated, 'commit': _commit(),
       'evaluator_seconds': _evaluator_seconds(workdir, metrics),
-      'train': {k: v for k, v in summary.items() if _is_number(v)},
-      'eval': {k: v for k, v in metrics.items() if _is_number(v)},
+      'train': {k: v for k, v in summary.items() if is_number(v)},
+      'eval': {k: v for k, v in metrics.items() if is_number(v)},
       'recipe': recipe(cell, seed),
   }
+  if rescored:
+    record['rescored'] = rescored
   # Written last: the run counts as finished.
   _write_json(os.path.join(workdir, DONE_FILE), record)
   if records:
@@ -352,6 +363,21 @@ def _train_one(study, root, records, cell, seed, workdir, clf_dir, head, *,
       + (f'; {shown}' if shown else ''))
   write_table(study, root, records)
   return True
+
+
+RESCORE_EVALUATORS = 'coherence'
+
+
+def rescore_run(config, workdir: str, step, classifier_dir: str, tag: str, *,
+                evaluate: Callable, evaluators: str = RESCORE_EVALUATORS
+                ) -> dict:
+  """The run's classifier-based metrics with another classifier set, into
+  `eval/<step>-<tag>/` (the main evaluation untouched); numbers only."""
+  config = config.copy_and_resolve_references()
+  config.evals.classifier_dir = classifier_dir
+  config.evals.evaluators = evaluators
+  other = evaluate(config, workdir, step, tag=tag)
+  return {k: v for k, v in other.items() if is_number(v)}
 
 
 def _evaluator_seconds(workdir: str, metrics: dict) -> dict:
@@ -375,7 +401,18 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def _is_number(v) -> bool:
+def update_record(root: str, records: str | None, cell: Cell,
+                  record: dict) -> None:
+  """Rewrites a finished run's record where it is kept: its run
+  directory (if there) and the `records` folder (if given)."""
+  done = os.path.join(run_dir(root, cell, record['seed']), DONE_FILE)
+  if os.path.exists(done):
+    _write_json(done, record)
+  if records:
+    _write_json(record_path(records, cell, record['seed']), record)
+
+
+def is_number(v) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not (
       isinstance(v, bool))
 
@@ -510,9 +547,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
     if args.rescore:
       print(study_report.rescore(study, args.root, args.rescore, args.tag,
-                                 log=lambda m: print(m, flush=True)))
+                                 log=lambda m: print(m, flush=True),
+                                 records=args.records or None))
     if args.report:
-      files = study_report.write_figures(study, args.root, args.report)
+      files = study_report.write_figures(study, args.root, args.report,
+                                         records=args.records or None)
       print(f'wrote {", ".join(files)} to {args.report}')
     return
   run_study(study, args.root, log=lambda m: print(m, flush=True),

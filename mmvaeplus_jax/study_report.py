@@ -16,7 +16,9 @@
   the main evaluation is left as it is; runs already re-scored are
   skipped) and writes `root/rescore_<tag>.md`: per cell, the metric with
   the study's classifiers, with the other set, and their difference, mean
-  +- std over seeds.
+  +- std over seeds. Scores are kept in the runs' records
+  (`rescored/<tag>`, also those made at training time by `Study.rescore`),
+  so with `records` the table needs no run directory.
 
 Command line: `python -m mmvaeplus_jax.study ... --report OUT_DIR` and
 `--rescore CLASSIFIER_DIR --tag NAME`.
@@ -67,7 +69,8 @@ def _scatter(ax, cells, x_key, y_key, title):
 def write_figures(study, root: str, out_dir: str, *,
                   cond=('fd_clf/cond/mean/with_self', 'coherence/cond/mean'),
                   uncond=('fd_clf/uncond/mean', 'coherence/uncond'),
-                  grid_file: str | None = None) -> list[str]:
+                  grid_file: str | None = None,
+                  records: str | None = None) -> list[str]:
   """Writes the study's figures (module docstring) into `out_dir`.
 
   Args:
@@ -77,6 +80,9 @@ def write_figures(study, root: str, out_dir: str, *,
     cond, uncond: (x, y) metric keys of the two scatter panels.
     grid_file: the conditional grid copied per cell (default
       `cross_modal_<first modality>.png` of `evaluation.figures`).
+    records: the study's records folder (`run_study(records=...)`): runs
+      kept only there count in the plots; a cell's grid comes from its
+      first run whose directory is still in `root`.
 
   Returns:
     The written file names.
@@ -84,7 +90,7 @@ def write_figures(study, root: str, out_dir: str, *,
   Raises:
     FileNotFoundError: no run of the study has finished.
   """
-  records = study_lib.collect(study, root)
+  records = study_lib.collect(study, root, records)
   if not records:
     raise FileNotFoundError(
         f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
@@ -139,8 +145,18 @@ def write_figures(study, root: str, out_dir: str, *,
 
   for name, recs in cells:
     cell = next(c for c in study.cells if c.name == name)
-    step = recs[0]['eval'].get('step')
-    eval_dir = os.path.join(study_lib.run_dir(root, cell, recs[0]['seed']),
+    grid = _grid_of(cell, recs, root, grid_file)
+    if grid:
+      shutil.copyfile(grid, os.path.join(out_dir, f'grid_{name}.png'))
+      files.append(f'grid_{name}.png')
+  return files
+
+
+def _grid_of(cell, recs, root, grid_file):
+  """The conditional grid of the cell's first run that still has one."""
+  for rec in recs:
+    step = rec['eval'].get('step')
+    eval_dir = os.path.join(study_lib.run_dir(root, cell, rec['seed']),
                             'eval', str(step))
     if grid_file is not None:
       candidates = [grid_file]
@@ -151,41 +167,53 @@ def write_figures(study, root: str, out_dir: str, *,
                     if isinstance(step, int) else '']
     for want in candidates:
       if want and os.path.isfile(os.path.join(eval_dir, want)):
-        shutil.copyfile(os.path.join(eval_dir, want),
-                        os.path.join(out_dir, f'grid_{name}.png'))
-        files.append(f'grid_{name}.png')
-        break
-  return files
+        return os.path.join(eval_dir, want)
+  return None
 
 
 def rescore(study, root: str, classifier_dir: str, tag: str, *,
-            evaluators: str = 'coherence',
+            evaluators: str = study_lib.RESCORE_EVALUATORS,
             keys: Sequence[str] = ('coherence/cond/mean', 'coherence/uncond'),
             evaluate: Callable | None = None,
-            log: Callable[[str], None] = print) -> str:
+            log: Callable[[str], None] = print,
+            records: str | None = None) -> str:
   """Re-scores every finished run with another classifier set (module
-  docstring); returns the markdown table (also `root/rescore_<tag>.md`)."""
+  docstring); returns the markdown table (also `root/rescore_<tag>.md`).
+
+  A run whose record already holds `rescored/<tag>` (scored at training
+  time, `Study.rescore`, or by an earlier call) is not evaluated again, so
+  this works from the records alone; a new score is written back into the
+  run's record (and its copy in `records`).
+  """
   if evaluate is None:
     from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     evaluate = runner.evaluate
   if not os.path.isdir(classifier_dir):
     raise FileNotFoundError(f'classifier directory {classifier_dir} not found')
-  records = study_lib.collect(study, root)
   rows = {}
-  for rec in records:
-    cell = next(c for c in study.cells if c.name == rec['cell'])
-    workdir = study_lib.run_dir(root, cell, rec['seed'])
-    step = rec['eval'].get('step')
-    path = os.path.join(workdir, 'eval', f'{step}-{tag}', 'metrics.json')
-    if os.path.isfile(path):
-      with open(path) as f:
-        other = json.load(f)
-    else:
-      config = study_lib.run_config(cell, rec['seed'], '')
-      config.evals.classifier_dir = classifier_dir
-      config.evals.evaluators = evaluators
-      other = evaluate(config, workdir, step, tag=tag)
-      log(f'rescored {rec["cell"]} seed {rec["seed"]} with {classifier_dir}')
+  for rec in study_lib.collect(study, root, records):
+    other = rec.get('rescored', {}).get(tag)
+    if other is None:
+      cell = next(c for c in study.cells if c.name == rec['cell'])
+      workdir = study_lib.run_dir(root, cell, rec['seed'])
+      step = rec['eval'].get('step')
+      path = os.path.join(workdir, 'eval', f'{step}-{tag}', 'metrics.json')
+      if os.path.isfile(path):
+        with open(path) as f:
+          other = json.load(f)
+      elif not os.path.isdir(workdir):
+        log(f'{rec["cell"]} seed {rec["seed"]}: no run directory and no'
+            f' "{tag}" score in its record; left out')
+        continue
+      else:
+        other = study_lib.rescore_run(
+            study_lib.run_config(cell, rec['seed'], ''), workdir, step,
+            classifier_dir, tag, evaluate=evaluate, evaluators=evaluators)
+        log(f'rescored {rec["cell"]} seed {rec["seed"]} with'
+            f' {classifier_dir}')
+      other = {k: v for k, v in other.items() if study_lib.is_number(v)}
+      rec.setdefault('rescored', {})[tag] = other
+      study_lib.update_record(root, records, cell, rec)
     rows.setdefault(rec['cell'], []).append((rec['eval'], other))
   lines = [f'# Re-scored with `{classifier_dir}` (tag `{tag}`)', '',
            'Per cell: the study\'s classifiers, the other set, other - study'
@@ -205,6 +233,7 @@ def rescore(study, root: str, classifier_dir: str, tag: str, *,
           f' {b.mean():.3f} ± {sd(b):.3f} | {(b - a).mean():+.3f} ±'
           f' {sd(b - a):.3f} (n={len(a)}) |')
   text = '\n'.join(lines) + '\n'
+  os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, f'rescore_{tag}.md'), 'w') as f:
     f.write(text)
   return text

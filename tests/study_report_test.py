@@ -10,16 +10,17 @@ from mmvaeplus_jax import study_report
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 
 
-def _finished_study(root):
+def _finished_study(root, rescore=(), records=None):
   """Cells 'a' (seeds 0, 1) and 'b' (seed 0), evaluated with fake metrics
-  and a fake conditional grid."""
+  and a fake conditional grid (the other classifier sets of `rescore`: the
+  conditional coherence 0.1 lower)."""
   cells = []
   for name in ('a', 'b'):
     c = polymnist_configs.get_config('smoke')
     c.evals.classifier_dir = 'clf_a'
     cells.append(study_lib.Cell(name, c))
   study = study_lib.Study('t', tuple(cells), seeds=(0, 1),
-                          metrics=('coherence/cond/mean',))
+                          metrics=('coherence/cond/mean',), rescore=rescore)
 
   cell_of = lambda workdir: os.path.basename(os.path.dirname(workdir))
 
@@ -28,12 +29,16 @@ def _finished_study(root):
       raise KeyboardInterrupt  # b/seed1 never finishes
     return {}
 
-  def evaluate(config, workdir):
+  def evaluate(config, workdir, step=None, *, tag=''):
+    s, b = config.seed, cell_of(workdir) == 'b'
+    if tag:
+      assert step == 7 and config.evals.evaluators == 'coherence'
+      return {'step': 7, 'coherence/cond/mean': 0.4 + 0.1 * s + 0.2 * b,
+              'coherence/uncond': 0.1, 'clf': config.evals.classifier_dir}
     out = os.path.join(workdir, 'eval', '7')
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'cross_modal_m0.png'), 'wb') as f:
       f.write(b'png')
-    s, b = config.seed, cell_of(workdir) == 'b'
     return {'step': 7, 'coherence/cond/mean': 0.5 + 0.1 * s + 0.2 * b,
             'coherence/uncond': 0.1, 'fd_clf/cond/mean/with_self': 3.0 - s,
             'fd_clf/uncond/mean': 4.0, 'latent/mean/z': 0.9,
@@ -41,7 +46,7 @@ def _finished_study(root):
 
   with pytest.raises(KeyboardInterrupt):
     study_lib.run_study(study, str(root), train=train, evaluate=evaluate,
-                        log=lambda m: None)
+                        log=lambda m: None, records=records)
   return study
 
 
@@ -94,3 +99,65 @@ def test_rescore_writes_both_sets_and_skips_rescored_runs(tmp_path):
   assert not calls
   with pytest.raises(FileNotFoundError, match='classifier directory'):
     study_report.rescore(study, str(tmp_path), str(tmp_path / 'nope'), 'x')
+
+
+def test_runs_scored_with_other_sets_at_training_time(tmp_path):
+  """`Study.rescore`: each run's record holds its coherence with the other
+  set; the re-score table then comes from the records alone (run
+  directories gone, nothing evaluated), figures too (without grids)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'clf_b').mkdir()
+  records = tmp_path / 'records'
+  study = _finished_study(tmp_path / 'root',
+                          rescore=(('s1', str(tmp_path / 'clf_b')),),
+                          records=str(records))
+  rec = json.loads((records / 'a' / 'seed1.json').read_text())
+  assert rec['rescored'] == {'s1': {
+      'step': 7, 'coherence/cond/mean': pytest.approx(0.5),
+      'coherence/uncond': 0.1}}
+  shutil.rmtree(tmp_path / 'root')
+
+  def no_evaluation(*args, **kwargs):
+    raise AssertionError('evaluated again')
+
+  lines = []
+  text = study_report.rescore(study, str(tmp_path / 'root'),
+                              str(tmp_path / 'clf_b'), 's1',
+                              evaluate=no_evaluation, log=lines.append,
+                              records=str(records))
+  assert ('| a | coherence/cond/mean | 0.550 ± 0.071 | 0.450 ± 0.071 |'
+          ' -0.100 ± 0.000 (n=2) |') in text and not lines
+  # Another tag: no run directory to score, so the runs are left out, said.
+  text = study_report.rescore(study, str(tmp_path / 'root'),
+                              str(tmp_path / 'clf_b'), 's2',
+                              evaluate=no_evaluation, log=lines.append,
+                              records=str(records))
+  assert '| a |' not in text and len(lines) == 3
+  assert 'no run directory' in lines[0]
+  files = study_report.write_figures(study, str(tmp_path / 'root'),
+                                     str(tmp_path / 'f'),
+                                     records=str(records))
+  assert files == ['scatter.png', 'latent.png', 'diversity.png']
+
+
+def test_rescore_writes_back_into_the_records(tmp_path):
+  """A run re-scored after the fact keeps the score in its record, in the
+  run directory and in the records folder."""
+  (tmp_path / 'clf_b').mkdir()
+  records = tmp_path / 'records'
+  study = _finished_study(tmp_path / 'root', records=str(records))
+  calls = []
+
+  def evaluate(config, workdir, step, *, tag):
+    calls.append(tag)
+    return {'step': step, 'coherence/cond/mean': 0.25, 'skipped': {}}
+
+  study_report.rescore(study, str(tmp_path / 'root'),
+                       str(tmp_path / 'clf_b'), 's1', evaluate=evaluate,
+                       log=lambda m: None, records=str(records))
+  assert calls == ['s1'] * 3
+  for path in (records / 'b' / 'seed0.json',
+               tmp_path / 'root' / 'b' / 'seed0' / study_lib.DONE_FILE):
+    rec = json.loads(path.read_text())
+    assert rec['rescored'] == {'s1': {'step': 7,
+                                      'coherence/cond/mean': 0.25}}
