@@ -50,6 +50,10 @@ from mmvaeplus_jax.configs import polymnist
 # `--set evals.classifier_dir=DIR` scores with another set.
 CLASSIFIERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'classifiers', 'rebuilt_wide_seed0')
+# A second, independent set (`--seed 1`): every fig1 / fig2 run's coherence
+# is also scored with it (record key `rescored/clf_seed1`).
+RESCORE = (('clf_seed1', os.path.join(os.path.dirname(CLASSIFIERS),
+                                      'rebuilt_wide_seed1')),)
 
 METRICS = (
     'coherence/cond/mean', 'coherence/uncond', 'fd_clf/cond/mean/with_self',
@@ -116,4 +120,5 @@ def get_study(arg=None):
     raise ValueError(f'unknown study {a.variant!r}: fig1, fig2 or tiny')
   return study.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
                      METRICS,
-                     classifier_epochs=2 if a.variant == 'tiny' else None)
+                     classifier_epochs=2 if a.variant == 'tiny' else None,
+                     rescore=() if a.variant == 'tiny' else RESCORE)
