@@ -233,6 +233,7 @@ def _kept_record(records: str, cell: Cell, seed: int):
     return None
   record = _read_json(path)
   kept, now = record.get('recipe') or {}, recipe(cell, seed)
+  kept = _with_new_defaults(kept, now)
   if kept != now:
     diff = sorted(f'{section}.{k}' for section in set(kept) | set(now)
                   for k in set(_as_dict(kept.get(section)))
@@ -245,6 +246,28 @@ def _kept_record(records: str, cell: Cell, seed: int):
         ' differ; the study definition or --set changed): delete it to'
         ' retrain the run, or pass another --records folder')
   return record
+
+
+def _with_new_defaults(kept: dict, now: dict) -> dict:
+  """`kept` with the config keys added to the code after it was recorded
+  (absent from it, present in `now`) set to their defaults
+  (`configs.common.base_config()`): a new option left at its default
+  changes no recipe, another value of it does."""
+  from mmvaeplus_jax.configs import common  # pylint: disable=g-import-not-at-top
+  base = json.loads(common.base_config().to_json())
+  out = dict(kept)
+  for section, node in now.items():
+    if section not in kept:
+      if section in base:
+        out[section] = base[section]
+      continue
+    if isinstance(node, dict) and isinstance(kept[section], dict):
+      merged = dict(kept[section])
+      for k in node:
+        if k not in merged and k in _as_dict(base.get(section)):
+          merged[k] = base[section][k]
+      out[section] = merged
+  return out
 
 
 def _as_dict(node) -> dict:

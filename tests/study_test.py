@@ -271,6 +271,22 @@ def test_records_outlive_the_study_directory(tmp_path):
                       evaluate=evaluate, log=lambda m: None,
                       records=str(records))
   assert not calls
+  # A config key added to the code after a record was made (absent from
+  # the record): at its default it changes nothing, at another value it
+  # is another recipe.
+  path = records / 'a' / 'seed0.json'
+  rec = json.loads(path.read_text())
+  del rec['recipe']['train']['max_train_seconds']
+  path.write_text(json.dumps(rec))
+  study_lib.run_study(study, str(tmp_path / 'newest'), train=train,
+                      evaluate=evaluate, log=lambda m: None,
+                      records=str(records))
+  assert not calls
+  study.cells[0].config.train.max_train_seconds = 60.0
+  with pytest.raises(ValueError, match=r'train\.max_train_seconds differ'):
+    study_lib.run_study(study, str(tmp_path / 'newest'), train=train,
+                        evaluate=evaluate, log=lambda m: None,
+                        records=str(records))
 
 
 def test_drivers_sharing_a_root_train_different_runs(tmp_path):
