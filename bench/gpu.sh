@@ -71,16 +71,7 @@ exec > >(tee -a "$LOG") 2>&1
 say() { echo "[gpu.sh $(( $(date +%s) - START ))s] $*"; }
 left() { echo $(( DEADLINE - $(date +%s) )); }
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  say "installing carried wheels: $(ls .whl | tr '\n' ' ')"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || { say "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-# Let one case use almost all GPU memory (JAX preallocates 75% by default).
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+source bench/device_env.sh  # carried wheels, PYTHONPATH, GPU memory
 
 say "preflight"
 PRE=$(mktemp)

@@ -37,12 +37,12 @@ Winograd (or direct) kernel that beats XLA:CPU's needs the transforms fused
 into the product, i.e. a hand-written kernel (a custom call), not JAX ops.
 """
 
-import time
-
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from conv_layer import _median_ms  # bench/ is on sys.path when run as a script
 
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 
@@ -100,16 +100,6 @@ def xla_conv(x, k):
       x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _median_ms(f, *args, repeats=5):
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
-  return sorted(times)[repeats // 2] * 1e3
-
-
 def main():
   impls = (('XLA', xla_conv), ('Winograd, einsum', winograd_einsum),
            ('Winograd, 16 dots', winograd_dots))
@@ -124,8 +114,8 @@ def main():
       err = float(jnp.max(jnp.abs(jax.jit(fn)(x, k) - ref)))
       grads = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(fn(x, k)**2),
                                argnums=(0, 1)))
-      cells.append(f'{name} {_median_ms(jax.jit(fn), x, k):.0f} /'
-                   f' {_median_ms(grads, x, k):.0f} (max |err| {err:.1e})')
+      cells.append(f'{name} {_median_ms(jax.jit(fn), x, k, repeats=5):.0f} /'
+                   f' {_median_ms(grads, x, k, repeats=5):.0f} (max |err| {err:.1e})')
     print(f'{rows} rows, {size} x {size}, {ch} channels: '
           + '; '.join(cells), flush=True)
 

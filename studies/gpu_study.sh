@@ -61,15 +61,7 @@ LOG="$DEST/gpu_study_log.txt"
 exec > >(tee -a "$LOG") 2>&1
 say() { echo "[gpu_study.sh $(( $(date +%s) - START ))s] $*"; }
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  say "installing carried wheels: $(ls .whl | tr '\n' ' ')"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || { say "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+source bench/device_env.sh  # carried wheels, PYTHONPATH, GPU memory
 
 say "preflight"
 "$PY" - <<'EOF' || { say "preflight failed: see this script's header for the wheels to carry"; exit 1; }

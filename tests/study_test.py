@@ -367,3 +367,34 @@ def test_gpu_study_definition():
   short = study_lib.load_study(str(studies / 'polymnist_gpu.py')
                                + ':2024,train_s=60,models=mmvaeplus')
   assert [c.config.train.max_train_seconds for c in short.cells] == [60.0]
+
+
+@pytest.mark.slow
+def test_gpu_study_script_smoke(data_dir, tmp_path):
+  """`STUDY_SMOKE=1 bash studies/gpu_study.sh`: the device script end to end
+  on a CPU (a 1/16-width model for 20 s per cell on `mini`): the files it
+  brings back from the device machine."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = tmp_path / 'out'
+  env = dict(os.environ, STUDY_SMOKE='1', PYTHON=sys.executable,
+             OUT=str(out), STUDY_TFDS=str(data_dir),
+             STUDY_ROOT=str(tmp_path / 'runs'))
+  proc = subprocess.run(['bash', str(repo / 'studies' / 'gpu_study.sh')],
+                        env=env, capture_output=True, text=True, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  files = sorted(str(p.relative_to(out)) for p in out.rglob('*')
+                 if p.is_file())
+  assert files == [
+      'gpu_study_log.txt', 'grid_mmvae.png', 'grid_mmvaeplus.png',
+      os.path.join('records', 'mmvae', 'seed0.json'),
+      os.path.join('records', 'mmvaeplus', 'seed0.json'),
+      'results.md', 'scatter.png']  # at most 8 files come back
+  rec = json.loads((out / 'records' / 'mmvaeplus' / 'seed0.json')
+                   .read_text())
+  assert rec['train']['step'] > 0 and 'coherence/cond/mean' in rec['eval']
+  assert rec['recipe']['train']['max_train_seconds'] == 20.0
+  assert '2 of 2 runs finished' in (out / 'results.md').read_text()
