@@ -151,16 +151,37 @@ def run_config(cell: Cell, seed: int, classifier_dir: str):
   return config
 
 
-def _check_classifiers(config) -> None:
-  """Fails before training when the named classifiers are missing (the
-  run's evaluation would fail only after its training)."""
+def check_classifier_dir(d: str) -> None:
+  """Fails when folder `d` does not hold a whole classifier set (its
+  `classifiers.json` and one checkpoint per modality), naming the command
+  that builds it (from its classifiers.json, if that is there)."""
   from mmvaeplus_jax.evaluation import classifiers  # pylint: disable=g-import-not-at-top
-  d = config.evals.classifier_dir
-  if d and not os.path.isfile(os.path.join(d, classifiers.METADATA_FILE)):
-    raise FileNotFoundError(
-        f'evals.classifier_dir={d} holds no classifiers.json: train them'
-        ' first (python -m mmvaeplus_jax.evaluation.classifiers ...) or'
-        ' leave evals.classifier_dir empty to let the study train its own')
+  meta_path = os.path.join(d, classifiers.METADATA_FILE)
+  meta = _read_json(meta_path) if os.path.isfile(meta_path) else {}
+  missing = [m for m in meta.get('modalities', ())
+             if not os.path.isdir(os.path.join(d, m))]
+  if meta and not missing:
+    return
+  cfg = meta.get('config', {})
+  build = ('python -m mmvaeplus_jax.evaluation.classifiers --dataset'
+           f' {cfg.get("dataset", "DATASET")} --data_dir DIR --manual_dir'
+           f' ../shared/data --out {d} --seed {cfg.get("seed", 0)}')
+  what = (f'no checkpoints for {", ".join(missing)}' if meta
+          else f'no {classifiers.METADATA_FILE}')
+  raise FileNotFoundError(
+      f'classifier folder {d}: {what}. Build it first ({build}; about 25'
+      ' min on a 2-core CPU), or leave evals.classifier_dir empty to let'
+      ' the study train its own')
+
+
+def _check_classifiers(config, study: Study | None = None) -> None:
+  """Fails before training when the run's classifiers (and the study's
+  re-scoring sets) are missing: the run's evaluation would fail only
+  after its training."""
+  if config.evals.classifier_dir:
+    check_classifier_dir(config.evals.classifier_dir)
+  for _, d in (study.rescore if study else ()):
+    check_classifier_dir(d)
 
 
 def ensure_classifiers(study: Study, root: str, *, log=print) -> str:
@@ -349,7 +370,7 @@ def _train_one(study, root, records, cell, seed, workdir, clf_dir, head, *,
   """Trains and evaluates one run; False when it was interrupted."""
   config = run_config(cell, seed, clf_dir)
   if check:
-    _check_classifiers(config)
+    _check_classifiers(config, study)
   start = time.time()
   summary = train(config, workdir)
   trained = time.time() - start

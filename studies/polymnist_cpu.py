@@ -42,12 +42,12 @@ from mmvaeplus_jax import study
 from mmvaeplus_jax.configs import common
 from mmvaeplus_jax.configs import polymnist
 
-# The study's coherence classifiers, kept in the repository (9 MB) so that
-# every run of the study, on any machine and in any session, is scored by
-# the same set, and no session spends 20-40 CPU minutes retraining it:
-# `wide`, trained on `rebuilt` with `--seed 0` (its classifiers.json holds
-# the command, commit and test accuracies; docs/results.md).
-# `--set evals.classifier_dir=DIR` scores with another set.
+# The study's coherence classifiers: `wide`, trained on `rebuilt` with
+# `--seed 0`. Their classifiers.json (the recorded runs were scored with
+# it: accuracies, command) is in the repository; the weights are built at
+# run time into the same folder (PROVENANCE.md there has the command, about
+# 25 CPU minutes; the study stops before training and names it when they
+# are missing). `--set evals.classifier_dir=DIR` scores with another set.
 CLASSIFIERS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'classifiers', 'rebuilt_wide_seed0')
 # A second, independent set (`--seed 1`): every fig1 / fig2 run's coherence

@@ -1,7 +1,9 @@
-"""The coherence classifiers kept in the repository for the PolyMNIST study
-(`studies/classifiers/rebuilt_wide_seed0`, and `rebuilt_wide_seed1` with
-which every run is re-scored): present, loadable, and, where
-../shared/data is available, as accurate as their classifiers.json says."""
+"""The PolyMNIST study's classifier sets (`studies/classifiers/
+rebuilt_wide_seed0`, and `rebuilt_wide_seed1` with which every run is
+re-scored): their metadata is in the repository (what the recorded runs
+were scored with); their weights are built at run time (PROVENANCE.md).
+Where built, they load and, with ../shared/data, score their recorded
+accuracies."""
 
 import json
 import pathlib
@@ -18,20 +20,30 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 NAMES = [f'm{i}' for i in range(5)]
 
 
-def test_the_study_uses_the_kept_set():
+def _built(kept):
+  return all((kept / n).is_dir() for n in NAMES)
+
+
+def test_the_study_uses_the_kept_sets():
   from mmvaeplus_jax import study  # pylint: disable=g-import-not-at-top
   fig1 = study.load_study(str(REPO / 'studies' / 'polymnist_cpu.py')
                           + ':fig1')
   assert {c.config.evals.classifier_dir for c in fig1.cells} == {str(SET)}
   assert fig1.rescore == (('clf_seed1', str(OTHER)),)
-  for kept in (SET, OTHER):
-    params, meta = classifiers.load_classifiers(kept, NAMES)
-    assert sorted(params) == NAMES
+  metas = [json.loads((k / classifiers.METADATA_FILE).read_text())
+           for k in (SET, OTHER)]
+  for meta in metas:
+    assert meta['modalities'] == NAMES
     assert set(meta['archs'].values()) == {'wide'}
     assert all(a >= 0.98 for a in meta['test_accuracy'].values())
-  seeds = [classifiers.load_classifiers(k, NAMES)[1]['config']['seed']
-           for k in (SET, OTHER)]
-  assert seeds == [0, 1]  # independently trained
+  assert [m['config']['seed'] for m in metas] == [0, 1]  # independent
+  for kept in (SET, OTHER):
+    if _built(kept):
+      params, _ = classifiers.load_classifiers(kept, NAMES)
+      assert sorted(params) == NAMES
+    else:  # the study stops before training, naming the build command
+      with pytest.raises(FileNotFoundError, match=f'--out {kept}'):
+        study.check_classifier_dir(str(kept))
 
 
 @pytest.mark.slow
@@ -43,6 +55,8 @@ def test_kept_set_scores_its_recorded_accuracy(tmp_path):
   up to 2 predictions per modality that another CPU's rounding may flip
   (an image within rounding distance of a decision boundary)."""
   from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
+  if not (_built(SET) and _built(OTHER)):
+    pytest.skip('the kept classifier sets are not built (PROVENANCE.md)')
   test = builders.load_split('rebuilt', 'test', tmp_path / 'tfds',
                              manual_dir=SHARED_DATA)
   for kept in (SET, OTHER):

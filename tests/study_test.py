@@ -211,7 +211,22 @@ def test_an_interrupted_run_is_neither_evaluated_nor_finished(tmp_path):
 
 def test_missing_classifiers_fail_before_training(tmp_path):
   study = _study(classifier_dir=str(tmp_path / 'no_classifiers'))
-  with pytest.raises(FileNotFoundError, match='holds no classifiers.json'):
+  with pytest.raises(FileNotFoundError, match='no classifiers.json'):
+    study_lib.run_study(study, str(tmp_path / 'root'),
+                        train=lambda c, w: pytest.fail('trained'),
+                        log=lambda m: None)
+  # Metadata without the weights (a kept set whose checkpoints are built
+  # at run time): the error names the modalities and the build command.
+  kept = tmp_path / 'kept'
+  kept.mkdir()
+  (kept / 'classifiers.json').write_text(json.dumps(
+      {'modalities': ['m0', 'm1'], 'config': {'dataset': 'rebuilt',
+                                              'seed': 1}}))
+  (kept / 'm0').mkdir()
+  study = _study(classifier_dir=str(kept))
+  with pytest.raises(FileNotFoundError,
+                     match=r'no checkpoints for m1\..*--dataset rebuilt'
+                     r'.*--seed 1'):
     study_lib.run_study(study, str(tmp_path / 'root'),
                         train=lambda c, w: pytest.fail('trained'),
                         log=lambda m: None)
