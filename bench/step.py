@@ -112,6 +112,7 @@ class Case:
   remat: bool = False
   vmap_modalities: bool = False
   conv_wgrad_chunk: int = -1  # -1 automatic per platform, 0 XLA's own
+  conv_impl: str = 'xla'  # model.conv_impl: 'xla' or 'onednn' (CPU)
   microbatch_size: int = -1  # train.microbatch_size: -1 auto, 0 one call
   num_devices: int | None = None  # None: all devices
   fake_devices: int | None = None  # CPU: XLA_FLAGS device count
@@ -168,6 +169,11 @@ def parse_args(argv=None):
                  help='model.conv_wgrad_chunk: -1 automatic (8 rows on CPU),'
                       ' 0 XLA\'s own weight gradient (suffix +xla_wgrad),'
                       ' n rows (suffix +wgrad<n>)')
+  p.add_argument('--conv_impl', default='xla', choices=('xla', 'onednn', 'onednn_bf16'),
+                 help="model.conv_impl: 'onednn' runs the convolutions as"
+                      ' oneDNN custom calls (CPU; mmvaeplus_jax/onednn.py;'
+                      " name suffix +onednn), 'onednn_bf16' with bf16"
+                      ' operands (+onednn_bf16)')
   p.add_argument('--profile', action='store_true',
                  help='after timing, trace one step and print/store the '
                       'per-op time by category (bench/op_profile.py)')
@@ -277,6 +283,7 @@ def build_cases(args, plat, num_devices):
     c.remat = args.remat
     c.vmap_modalities = args.vmap_modalities
     c.conv_wgrad_chunk = args.conv_wgrad_chunk
+    c.conv_impl = args.conv_impl
     c.microbatch_size = args.microbatch_size
     if c.microbatch_size == 0:
       c.name += '+one_call'
@@ -286,7 +293,8 @@ def build_cases(args, plat, num_devices):
       c.name += '+xla_wgrad'
     elif c.conv_wgrad_chunk > 0:
       c.name += f'+wgrad{c.conv_wgrad_chunk}'
-    for flag, suffix in ((c.compute_dtype == 'bfloat16', '+bf16'),
+    for flag, suffix in ((c.conv_impl != 'xla', '+' + c.conv_impl),
+                         (c.compute_dtype == 'bfloat16', '+bf16'),
                          (c.remat, '+remat'), (c.vmap_modalities, '+vmap')):
       if flag:
         c.name += suffix
@@ -545,7 +553,8 @@ def _measure(args, case, row):
   config.model.update(width=case.width, num_modalities=case.num_modalities,
                       compute_dtype=case.compute_dtype, remat=case.remat,
                       vmap_modalities=case.vmap_modalities,
-                      conv_wgrad_chunk=case.conv_wgrad_chunk)
+                      conv_wgrad_chunk=case.conv_wgrad_chunk,
+                      conv_impl=case.conv_impl)
   if case.num_samples is not None:
     config.objective.num_samples = case.num_samples
   if case.estimator is not None:

@@ -39,6 +39,9 @@ from mmvaeplus_jax import study as study_lib
 
 DPI = 120
 LATENT_KINDS = ('z', 'w', 'u')
+# The paper's names: z the shared latent, w_m the private one, u = [w, z]
+# (this project's `latent/<m>/<kind>` metrics; evaluation/latent_classification.py).
+LATENT_LABELS = {'z': 'z (shared)', 'w': 'w (private)', 'u': 'u = [w, z]'}
 
 
 def _mean_std(records, key):
@@ -118,7 +121,7 @@ def write_figures(study, root: str, out_dir: str, *,
     xs = np.arange(len(cells)) + (j - 1) * width
     ax.bar(xs, [m if math.isfinite(m) else 0.0 for m, _ in stats], width,
            yerr=[s if math.isfinite(s) else 0.0 for _, s in stats],
-           label=kind, capsize=2)
+           label=LATENT_LABELS[kind], capsize=2)
   ax.set_xticks(np.arange(len(cells)), [n for n, _ in cells], rotation=30,
                 ha='right', fontsize=8)
   ax.set(ylabel='linear latent classification', ylim=(0, 1),

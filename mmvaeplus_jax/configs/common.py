@@ -64,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
       # sized per layer shape; XLA's own on GPU/TPU), 0 = XLA's own, n > 0 =
       # n rows.
       conv_wgrad_chunk=-1,
+      # 'xla' (default) or 'onednn': the convolutions as oneDNN custom calls
+      # (CPU only, opt-in: pip install "mmvaeplus_jax[onednn]" and a C++
+      # compiler; mmvaeplus_jax/onednn.py). Same values up to float32
+      # reassociation; faster than XLA:CPU's on the full-width networks
+      # (bench/RESULTS.md).
+      conv_impl='xla',
   ))
   c.objective = ml_collections.ConfigDict(dict(
       num_samples=1,  # K

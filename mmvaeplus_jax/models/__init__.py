@@ -75,7 +75,8 @@ def get_model(config):
       compute_dtype=config.get('compute_dtype', 'float32'),
       remat=config.get('remat', False),
       vmap_modalities=config.get('vmap_modalities', False),
-      conv_wgrad_chunk=config.get('conv_wgrad_chunk', -1))
+      conv_wgrad_chunk=config.get('conv_wgrad_chunk', -1),
+      conv_impl=config.get('conv_impl', 'xla'))
   if config.name == 'polymnist_mmvaeplus':
     return polymnist.make_mmvaeplus(dim_w=config.dim_w, family=config.family,
                                     **common)

@@ -67,6 +67,13 @@ CPU_WGRAD_MAX_SLICES = 32
 # reduced-width demo and test models; compile time over speed there).
 CPU_WGRAD_MIN_FLOPS = 2e8
 AUTO = -1  # config value: automatic per platform and layer shape
+# What the networks get instead of a slice size when `model.conv_impl` is
+# 'onednn': every convolution on oneDNN custom calls (mmvaeplus_jax/onednn.py).
+ONEDNN = 'onednn'
+# ... with the convolutions' operands rounded to bfloat16 (float32 sums and
+# results; `onednn.bf16_operands`).
+ONEDNN_BF16 = 'onednn_bf16'
+CONV_IMPLS = ('xla', ONEDNN, ONEDNN_BF16)
 
 
 def cpu_wgrad_rows(rows: int, spatial: int, in_channels: int,
@@ -105,12 +112,38 @@ def resolve_wgrad_chunk(value: int, platform: str | None = None,
   return value
 
 
+def resolve_conv(wgrad_chunk: int, impl: str = 'xla',
+                 platform: str | None = None) -> int | str:
+  """`model.conv_wgrad_chunk` and `model.conv_impl` -> what the networks'
+  convolutions get (`make_conv_general_dilated`'s argument): `ONEDNN` /
+  `ONEDNN_BF16` for impl 'onednn' / 'onednn_bf16' (CPU only; builds and registers the custom calls now, so a
+  missing oneDNN or compiler stops here with one error naming the fix),
+  else `resolve_wgrad_chunk(wgrad_chunk)`."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(
+        f'model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl in (ONEDNN, ONEDNN_BF16):
+    platform = platform or jax.default_backend()
+    if platform != 'cpu':
+      raise ValueError(
+          f"model.conv_impl={impl!r} runs on CPU only, this program runs on"
+          f" {platform!r}: use model.conv_impl='xla'")
+    from mmvaeplus_jax import onednn  # pylint: disable=g-import-not-at-top
+    onednn.register()
+    return impl
+  return resolve_wgrad_chunk(wgrad_chunk, platform)
+
+
 @functools.lru_cache(maxsize=None)
-def make_conv_general_dilated(wgrad_chunk: int):
+def make_conv_general_dilated(wgrad_chunk: int | str):
   """`lax.conv_general_dilated` whose weight gradient is computed over static
   batch slices of `wgrad_chunk` rows (`AUTO`: `cpu_wgrad_rows` of the
   layer's shape; 0: the plain convolution). Any layout, strides, padding,
-  dilation."""
+  dilation. `ONEDNN`: `onednn.conv_general_dilated` (oneDNN custom calls)."""
+  if wgrad_chunk in (ONEDNN, ONEDNN_BF16):
+    from mmvaeplus_jax import onednn  # pylint: disable=g-import-not-at-top
+    return (onednn.conv_general_dilated if wgrad_chunk == ONEDNN else
+            onednn.bf16_operands)
   if not wgrad_chunk:
     return lax.conv_general_dilated
 

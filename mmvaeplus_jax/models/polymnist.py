@@ -137,7 +137,7 @@ class ResnetBlock(nn.Module):
   fin: int
   fout: int
   dtype: Any = jnp.float32  # compute dtype; params are float32
-  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
+  wgrad_chunk: int | str = 0  # conv.py: 0 XLA's own, -1 auto, n rows, 'onednn'
 
   @nn.compact
   def __call__(self, x):  # [N, H, W, fin] -> [N, H, W, fout]
@@ -168,7 +168,7 @@ class EncoderBranch(nn.Module):
   latent_dim: int
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
-  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
+  wgrad_chunk: int | str = 0  # conv.py: 0 XLA's own, -1 auto, n rows, 'onednn'
 
   @nn.compact
   def __call__(self, x):  # [N, 28, 28, 3]
@@ -199,7 +199,7 @@ class Encoder(nn.Module):
   dim_z: int = 32
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
-  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
+  wgrad_chunk: int | str = 0  # conv.py: 0 XLA's own, -1 auto, n rows, 'onednn'
 
   @nn.compact
   def __call__(self, x):  # [N, 28, 28, 3]
@@ -218,7 +218,7 @@ class Decoder(nn.Module):
 
   width: float = 1.0
   dtype: Any = jnp.float32  # compute dtype; params and outputs are float32
-  wgrad_chunk: int = 0  # models/conv.py: 0 XLA's own, -1 auto, n rows
+  wgrad_chunk: int | str = 0  # conv.py: 0 XLA's own, -1 auto, n rows, 'onednn'
 
   @nn.compact
   def __call__(self, u):
@@ -279,6 +279,7 @@ def make_mmvaeplus(
     remat: bool = False,
     vmap_modalities: bool = False,
     conv_wgrad_chunk: int = -1,
+    conv_impl: str = 'xla',
 ) -> mmvaeplus.MMVAEPlus:
   """The official PolyMNIST MMVAE+ (modalities `names`, default 'm0'..).
 
@@ -295,11 +296,15 @@ def make_mmvaeplus(
       (`models/conv.py`): -1 = automatic (on CPU sized per layer shape,
       on GPU/TPU XLA's own), 0 = XLA's own, n > 0 = slices of n rows. Same
       values; gradients equal up to float32 reassociation.
+    conv_impl: 'xla' (default) or 'onednn': every convolution as oneDNN
+      custom calls on CPU (`mmvaeplus_jax/onednn.py`; values and gradients
+      equal up to float32 reassociation; `conv_wgrad_chunk` is then unused).
   """
   mods = make_modalities(
       num_modalities=num_modalities, names=names, dim_w=dim_w, dim_z=dim_z,
       width=width, likelihood_scale=likelihood_scale,
-      compute_dtype=compute_dtype, conv_wgrad_chunk=conv_wgrad_chunk)
+      compute_dtype=compute_dtype, conv_wgrad_chunk=conv_wgrad_chunk,
+      conv_impl=conv_impl)
   return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
                              remat=remat, vmap_modalities=vmap_modalities)
 
@@ -314,6 +319,7 @@ def make_modalities(
     likelihood_scale: float = LIKELIHOOD_SCALE,
     compute_dtype: str = 'float32',
     conv_wgrad_chunk: int = -1,
+    conv_impl: str = 'xla',
 ) -> tuple[mmvaeplus.Modality, ...]:
   """The PolyMNIST modalities (Encoder, Decoder, Laplace likelihood) that
   every model here shares (arguments as `make_mmvaeplus`)."""
@@ -322,7 +328,7 @@ def make_modalities(
         f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
   dtype = jnp.dtype(compute_dtype)
   names = modality_names(num_modalities, names)
-  chunk = conv_lib.resolve_wgrad_chunk(conv_wgrad_chunk)
+  chunk = conv_lib.resolve_conv(conv_wgrad_chunk, conv_impl)
   ll = functools.partial(image_log_likelihood, scale=likelihood_scale)
   return tuple(
       mmvaeplus.Modality(
@@ -353,7 +359,8 @@ def make_gaussian_model(
     dim_z: shared latent size.
     remat, vmap_modalities: as `make_mmvaeplus`.
     **modality_kwargs: `make_modalities` arguments (num_modalities, names,
-      width, likelihood_scale, compute_dtype, conv_wgrad_chunk).
+      width, likelihood_scale, compute_dtype, conv_wgrad_chunk,
+      conv_impl).
   """
   # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.models import dmvae
