@@ -117,15 +117,12 @@ void Store(const std::string& key, std::shared_ptr<Entry> e) {
 std::shared_ptr<Entry> MakeEntry(const char* kind, const Geometry& g) {
   auto e = std::make_shared<Entry>();
   std::string k(kind);
+  memory::desc wei_md;
+  memory::data_type user_t = g.w_t;
   if (k == "fwd") {
     auto pd = ForwardPd(g, g.in_t, g.w_t, g.out_t);
     e->prim = dnnl::convolution_forward(pd);
-    e->wei_md = pd.weights_desc();
-    e->user_wei_md = memory::desc(g.Wei(), g.w_t, tag::hwio);
-    e->reorder_needed = e->wei_md != e->user_wei_md;
-    if (e->reorder_needed)
-      e->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
-          Engine(), e->user_wei_md, Engine(), e->wei_md));
+    wei_md = pd.weights_desc();
   } else if (k == "bwd_data") {
     // in_t: dy's type, w_t: w's type, out_t: dx's type (the hint: a
     // forward pass in the operands' type).
@@ -137,12 +134,7 @@ std::shared_ptr<Entry> MakeEntry(const char* kind, const Geometry& g) {
         memory::desc(g.Dst(), g.in_t, tag::nhwc), g.Strides(), g.PadL(),
         g.PadR(), hint);
     e->prim = dnnl::convolution_backward_data(pd);
-    e->wei_md = pd.weights_desc();
-    e->user_wei_md = memory::desc(g.Wei(), g.w_t, tag::hwio);
-    e->reorder_needed = e->wei_md != e->user_wei_md;
-    if (e->reorder_needed)
-      e->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
-          Engine(), e->user_wei_md, Engine(), e->wei_md));
+    wei_md = pd.weights_desc();
   } else {  // bwd_weights. in_t: x's (and dy's) type, out_t: dw's type.
     auto hint = ForwardPd(g, g.in_t, g.in_t, g.in_t);
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
@@ -152,12 +144,18 @@ std::shared_ptr<Entry> MakeEntry(const char* kind, const Geometry& g) {
         memory::desc(g.Dst(), g.in_t, tag::nhwc), g.Strides(), g.PadL(),
         g.PadR(), hint);
     e->prim = dnnl::convolution_backward_weights(pd);
-    e->wei_md = pd.diff_weights_desc();
-    e->user_wei_md = memory::desc(g.Wei(), g.out_t, tag::hwio);
-    e->reorder_needed = e->wei_md != e->user_wei_md;
-    if (e->reorder_needed)
-      e->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
-          Engine(), e->wei_md, Engine(), e->user_wei_md));
+    wei_md = pd.diff_weights_desc();
+    user_t = g.out_t;
+  }
+  // The weights (or their gradient) between HWIO and the primitive's layout.
+  e->wei_md = wei_md;
+  e->user_wei_md = memory::desc(g.Wei(), user_t, tag::hwio);
+  e->reorder_needed = e->wei_md != e->user_wei_md;
+  if (e->reorder_needed) {
+    bool to_user = k == "bwd_weights";
+    e->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        Engine(), to_user ? e->wei_md : e->user_wei_md, Engine(),
+        to_user ? e->user_wei_md : e->wei_md));
   }
   return e;
 }
@@ -228,6 +226,12 @@ ffi::Error Run(const char* kind, const Geometry& g, void* a, void* b,
   return ffi::Error::Success();
 }
 
+#define MMVAE_RETURN_IF_ERROR(expr)   \
+  do {                                \
+    ffi::Error _e = (expr);           \
+    if (_e.failure()) return _e;      \
+  } while (0)
+
 ffi::Error Check4(const char* what, ffi::AnyBuffer::Dimensions d) {
   if (d.size() != 4)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
@@ -235,75 +239,51 @@ ffi::Error Check4(const char* what, ffi::AnyBuffer::Dimensions d) {
   return ffi::Error::Success();
 }
 
-#define MMVAE_RETURN_IF_ERROR(expr)   \
-  do {                                \
-    ffi::Error _e = (expr);           \
-    if (_e.failure()) return _e;      \
-  } while (0)
-
-ffi::Error Types(ffi::DataType a, ffi::DataType b, ffi::DataType out,
-                 Geometry* g) {
-  if (!ToDnnl(a, &g->in_t) || !ToDnnl(b, &g->w_t) || !ToDnnl(out, &g->out_t))
+// One handler body for the three kinds. Operands (a, b) -> out:
+//   fwd: (x, w) -> y;  bwd_data: (dy, w) -> dx;  bwd_weights: (x, dy) -> dw.
+ffi::Error Handle(const char* kind, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                  ffi::AnyBuffer out, int64_t stride_h, int64_t stride_w,
+                  int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                  int64_t pad_right) {
+  MMVAE_RETURN_IF_ERROR(Check4("first operand", a.dimensions()));
+  MMVAE_RETURN_IF_ERROR(Check4("second operand", b.dimensions()));
+  MMVAE_RETURN_IF_ERROR(Check4("result", out.dimensions()));
+  std::string k(kind);
+  const ffi::AnyBuffer& x = k == "bwd_data" ? out : a;
+  const ffi::AnyBuffer& y = k == "fwd" ? out : (k == "bwd_data" ? a : b);
+  const ffi::AnyBuffer& w = k == "bwd_weights" ? out : b;
+  auto xd = x.dimensions(), yd = y.dimensions(), wd = w.dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1],
+             stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
+  ffi::DataType second = b.element_type();
+  if (k == "bwd_weights") {
+    if (a.element_type() != b.element_type())
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                        "oneDNN weight gradient: x and dy of one type");
+    second = a.element_type();
+  }
+  if (!ToDnnl(a.element_type(), &g.in_t) || !ToDnnl(second, &g.w_t) ||
+      !ToDnnl(out.element_type(), &g.out_t))
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       "oneDNN convolution: float32 or bfloat16 only");
-  return ffi::Error::Success();
+  return Run(kind, g, a.untyped_data(), b.untyped_data(),
+             out.untyped_data());
 }
 
-ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer w,
-                   ffi::Result<ffi::AnyBuffer> y, int64_t stride_h,
-                   int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                   int64_t pad_left, int64_t pad_right) {
-  MMVAE_RETURN_IF_ERROR(Check4("x", x.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("w", w.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("y", y->dimensions()));
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1],
-             stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
-  MMVAE_RETURN_IF_ERROR(
-      Types(x.element_type(), w.element_type(), y->element_type(), &g));
-  return Run("fwd", g, x.untyped_data(), w.untyped_data(),
-             y->untyped_data());
-}
+#define MMVAE_CONV_HANDLER(name, kind)                                     \
+  ffi::Error name(ffi::AnyBuffer a, ffi::AnyBuffer b,                      \
+                  ffi::Result<ffi::AnyBuffer> out, int64_t sh, int64_t sw, \
+                  int64_t pt, int64_t pb, int64_t pl, int64_t pr) {        \
+    return Handle(kind, a, b, *out, sh, sw, pt, pb, pl, pr);               \
+  }
 
-ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
-                       ffi::Result<ffi::AnyBuffer> dx, int64_t stride_h,
-                       int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                       int64_t pad_left, int64_t pad_right) {
-  MMVAE_RETURN_IF_ERROR(Check4("dy", dy.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("w", w.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("dx", dx->dimensions()));
-  auto yd = dy.dimensions(), wd = w.dimensions(), xd = dx->dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1],
-             stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
-  MMVAE_RETURN_IF_ERROR(
-      Types(dy.element_type(), w.element_type(), dx->element_type(), &g));
-  return Run("bwd_data", g, dy.untyped_data(), w.untyped_data(),
-             dx->untyped_data());
-}
-
-ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
-                          ffi::Result<ffi::AnyBuffer> dw, int64_t stride_h,
-                          int64_t stride_w, int64_t pad_top,
-                          int64_t pad_bottom, int64_t pad_left,
-                          int64_t pad_right) {
-  MMVAE_RETURN_IF_ERROR(Check4("x", x.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("dy", dy.dimensions()));
-  MMVAE_RETURN_IF_ERROR(Check4("dw", dw->dimensions()));
-  auto xd = x.dimensions(), yd = dy.dimensions(), wd = dw->dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1],
-             stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
-  if (x.element_type() != dy.element_type())
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "oneDNN weight gradient: x and dy of one type");
-  MMVAE_RETURN_IF_ERROR(
-      Types(x.element_type(), x.element_type(), dw->element_type(), &g));
-  return Run("bwd_weights", g, x.untyped_data(), dy.untyped_data(),
-             dw->untyped_data());
-}
+MMVAE_CONV_HANDLER(ConvFwd, "fwd")
+MMVAE_CONV_HANDLER(ConvBwdData, "bwd_data")
+MMVAE_CONV_HANDLER(ConvBwdWeights, "bwd_weights")
 
 }  // namespace
 
-#define MMVAE_CONV_BINDING(first, second)     \
+#define MMVAE_CONV_BINDING                    \
   ffi::Ffi::Bind()                            \
       .Arg<ffi::AnyBuffer>()                  \
       .Arg<ffi::AnyBuffer>()                  \
@@ -316,8 +296,8 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
       .Attr<int64_t>("pad_right")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmvaeOnednnConvFwd, ConvFwd,
-                              MMVAE_CONV_BINDING(x, w));
+                              MMVAE_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmvaeOnednnConvBwdData, ConvBwdData,
-                              MMVAE_CONV_BINDING(dy, w));
+                              MMVAE_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MmvaeOnednnConvBwdWeights, ConvBwdWeights,
-                              MMVAE_CONV_BINDING(x, dy));
+                              MMVAE_CONV_BINDING);
