@@ -169,7 +169,8 @@ def parse_args(argv=None):
                  help='model.conv_wgrad_chunk: -1 automatic (8 rows on CPU),'
                       ' 0 XLA\'s own weight gradient (suffix +xla_wgrad),'
                       ' n rows (suffix +wgrad<n>)')
-  p.add_argument('--conv_impl', default='xla', choices=('xla', 'onednn', 'onednn_bf16'),
+  p.add_argument('--conv_impl', default='xla',
+                 choices=('xla', 'onednn', 'onednn_bf16'),
                  help="model.conv_impl: 'onednn' runs the convolutions as"
                       ' oneDNN custom calls (CPU; mmvaeplus_jax/onednn.py;'
                       " name suffix +onednn), 'onednn_bf16' with bf16"

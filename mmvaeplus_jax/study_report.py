@@ -40,7 +40,8 @@ from mmvaeplus_jax import study as study_lib
 DPI = 120
 LATENT_KINDS = ('z', 'w', 'u')
 # The paper's names: z the shared latent, w_m the private one, u = [w, z]
-# (this project's `latent/<m>/<kind>` metrics; evaluation/latent_classification.py).
+# (this project's `latent/<m>/<kind>` metrics;
+# evaluation/latent_classification.py).
 LATENT_LABELS = {'z': 'z (shared)', 'w': 'w (private)', 'u': 'u = [w, z]'}
 
 

@@ -116,8 +116,9 @@ def resolve_conv(wgrad_chunk: int, impl: str = 'xla',
                  platform: str | None = None) -> int | str:
   """`model.conv_wgrad_chunk` and `model.conv_impl` -> what the networks'
   convolutions get (`make_conv_general_dilated`'s argument): `ONEDNN` /
-  `ONEDNN_BF16` for impl 'onednn' / 'onednn_bf16' (CPU only; builds and registers the custom calls now, so a
-  missing oneDNN or compiler stops here with one error naming the fix),
+  `ONEDNN_BF16` for impl 'onednn' / 'onednn_bf16' (CPU only; builds and
+  registers the custom calls now, so a missing oneDNN or compiler stops
+  here with one error naming the fix),
   else `resolve_wgrad_chunk(wgrad_chunk)`."""
   if impl not in CONV_IMPLS:
     raise ValueError(

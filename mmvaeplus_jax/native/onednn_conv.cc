@@ -183,30 +183,23 @@ ffi::Error Run(const char* kind, const Geometry& g, void* a, void* b,
     dnnl::engine& eng = Engine();
     dnnl::stream stream(eng);
     std::string k(kind);
-    if (k == "fwd") {  // a = x, b = w, out = y
-      memory src(memory::desc(g.Src(), g.in_t, tag::nhwc), eng, a);
+    if (k != "bwd_weights") {
+      // fwd: a = x, b = w, out = y; bwd_data: a = dy, b = w, out = dx.
+      bool fwd = k == "fwd";
+      memory in(memory::desc(fwd ? g.Src() : g.Dst(), g.in_t, tag::nhwc), eng,
+                a);
       memory user_w(e->user_wei_md, eng, b);
-      memory dst(memory::desc(g.Dst(), g.out_t, tag::nhwc), eng, out);
+      memory res(memory::desc(fwd ? g.Dst() : g.Src(), g.out_t, tag::nhwc),
+                 eng, out);
       memory w = user_w;
       if (e->reorder_needed) {
         w = memory(e->wei_md, eng);
         e->reorder.execute(stream, user_w, w);
       }
-      e->prim.execute(stream, {{DNNL_ARG_SRC, src},
-                               {DNNL_ARG_WEIGHTS, w},
-                               {DNNL_ARG_DST, dst}});
-    } else if (k == "bwd_data") {  // a = dy, b = w, out = dx
-      memory ddst(memory::desc(g.Dst(), g.in_t, tag::nhwc), eng, a);
-      memory user_w(e->user_wei_md, eng, b);
-      memory dsrc(memory::desc(g.Src(), g.out_t, tag::nhwc), eng, out);
-      memory w = user_w;
-      if (e->reorder_needed) {
-        w = memory(e->wei_md, eng);
-        e->reorder.execute(stream, user_w, w);
-      }
-      e->prim.execute(stream, {{DNNL_ARG_DIFF_DST, ddst},
-                               {DNNL_ARG_WEIGHTS, w},
-                               {DNNL_ARG_DIFF_SRC, dsrc}});
+      e->prim.execute(stream,
+                      {{fwd ? DNNL_ARG_SRC : DNNL_ARG_DIFF_DST, in},
+                       {DNNL_ARG_WEIGHTS, w},
+                       {fwd ? DNNL_ARG_DST : DNNL_ARG_DIFF_SRC, res}});
     } else {  // a = x, b = dy, out = dw
       memory src(memory::desc(g.Src(), g.in_t, tag::nhwc), eng, a);
       memory ddst(memory::desc(g.Dst(), g.in_t, tag::nhwc), eng, b);
