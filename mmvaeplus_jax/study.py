@@ -37,7 +37,7 @@ Command line (study definitions are Python files with `get_study(arg)`):
         --root=runs/study_fig1 [--set data.manual_dir=../shared/data ...]
 
 The same command with `--report OUT_DIR` writes the finished runs' figures
-and with `--rescore CLASSIFIER_DIR --tag NAME` re-scores their coherence
+and tables (`tables.md`: per cell mean +- std, per run) and with `--rescore CLASSIFIER_DIR --tag NAME` re-scores their coherence
 with another classifier set (`study_report`); neither trains anything.
 """
 
@@ -90,6 +90,10 @@ class Study:
   # record under `rescored/<tag>`: how much the study's coherence moves
   # with the classifiers.
   rescore: tuple[tuple[str, str], ...] = ()
+  # (cell name, text) pairs: the published values of the paper's matching
+  # setting, under the same protocol, shown beside the cell's measured
+  # values in the report's table (`study_report.write_tables`).
+  published: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     names = [c.name for c in self.cells]
@@ -100,6 +104,9 @@ class Study:
         raise ValueError(f'cell name {n!r}: use letters, digits, _ - .')
     if not self.seeds:
       raise ValueError('a study needs at least one seed')
+    unknown = sorted({n for n, _ in self.published} - set(names))
+    if unknown:
+      raise ValueError(f'published values for unknown cells {unknown}')
 
   def runs(self) -> list[tuple[Cell, int]]:
     """Seed-major: the first seed of every cell, then the next seed, so a
@@ -561,9 +568,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--set', action='append', default=[],
                       help='key=value applied to every cell config')
   parser.add_argument('--report', default='',
-                      help='write the figures of the finished runs into'
-                      ' this folder (study_report.write_figures); trains'
-                      ' nothing')
+                      help='write the figures and tables.md of the finished'
+                      ' runs into this folder (study_report.write_figures,'
+                      ' write_tables); trains nothing')
   parser.add_argument('--rescore', default='',
                       help='re-score the finished runs with this classifier'
                       ' folder (study_report.rescore, needs --tag); trains'
@@ -596,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report:
       files = study_report.write_figures(study, args.root, args.report,
                                          records=args.records or None)
+      files.append(study_report.write_tables(
+          study, args.root, args.report, records=args.records or None))
       print(f'wrote {", ".join(files)} to {args.report}')
     return
   run_study(study, args.root, log=lambda m: print(m, flush=True),

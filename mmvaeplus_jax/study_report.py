@@ -10,6 +10,11 @@
   first finished seed, copied from its `eval/<step>/`: the `figures`
   evaluator's `cross_modal_<first modality>.png`, else the `grids`
   evaluator's `cross_modal_<step>.png`).
+* `write_tables(study, root, out_dir)`: `tables.md` for docs/results.md:
+  per cell the mean +- std over seeds of the headline metrics (`COLUMNS`;
+  coherence also with every other classifier set of `Study.rescore`) and
+  the published value under the same protocol (`Study.published`), then
+  one row per run with its times.
 * `rescore(study, root, classifier_dir, tag)`: re-runs the classifier-based
   evaluators (coherence by default) of every finished run with another
   classifier set into `eval/<step>-<tag>/` (`runner.evaluate(tag=...)`;
@@ -154,6 +159,100 @@ def write_figures(study, root: str, out_dir: str, *,
       shutil.copyfile(grid, os.path.join(out_dir, f'grid_{name}.png'))
       files.append(f'grid_{name}.png')
   return files
+
+
+# The tables' columns: (header, metric keys joined by ' / ', format).
+COLUMNS = (
+    ('cond. coherence (per target, diag. excl.) / uncond. coherence',
+     ('coherence/cond/mean', 'coherence/uncond'), '.3f'),
+    ('FD_clf cond. (with self) / uncond.',
+     ('fd_clf/cond/mean/with_self', 'fd_clf/uncond/mean'), '.1f'),
+    ('latent linear z / w / u (mean of 5)',
+     ('latent/mean/z', 'latent/mean/w', 'latent/mean/u'), '.3f'),
+    ('diversity cond. / ratio to real', ('diversity/cond/mean',
+                                         'diversity/ratio'), '.3f'),
+    ('all-subsets coherence, 1/2/3/4 inputs',
+     tuple(f'coherence/subsets/size{i}' for i in range(1, 5)), '.3f'),
+    ('test bound', ('eval/bound',), ',.1f'),
+)
+
+
+def _values(recs, key, tag=None):
+  out = []
+  for r in recs:
+    src = r.get('rescored', {}).get(tag, {}) if tag else r['eval']
+    if study_lib.is_number(src.get(key)) and math.isfinite(float(src[key])):
+      out.append(float(src[key]))
+  return out
+
+
+def _cell_text(recs, keys, fmt, tag=None):
+  parts = []
+  for k in keys:
+    v = _values(recs, k, tag)
+    if not v:
+      parts.append('–')
+      continue
+    text = format(v[0], fmt) if len(v) == 1 else (
+        f'{format(float(np.mean(v)), fmt)} ±'
+        f' {format(float(np.std(v, ddof=1)), fmt)}')
+    parts.append(text if len(v) == len(recs) else f'{text} (n={len(v)})')
+  return ' / '.join(parts)
+
+
+def write_tables(study, root: str, out_dir: str, *,
+                 records: str | None = None) -> str:
+  """Writes `out_dir/tables.md` (module docstring); returns its name.
+
+  Raises:
+    FileNotFoundError: no run of the study has finished.
+  """
+  records = study_lib.collect(study, root, records)
+  if not records:
+    raise FileNotFoundError(
+        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
+        ' the study first')
+  tags = [t for t, _ in study.rescore]
+  published = dict(study.published)
+  heads = ['cell', 'seeds'] + [h for h, _, _ in COLUMNS] + [
+      f'coherence cond. / uncond., classifier set `{t}`' for t in tags]
+  if published:
+    heads.append('published, same protocol')
+  lines = [f'# {study.name}: {len(records)} of {len(study.runs())} runs',
+           '', 'Per cell: mean ± std over the finished seeds (std with'
+           ' ddof = 1; a single value: one seed).', '',
+           '| ' + ' | '.join(heads) + ' |', '|' + '---|' * len(heads)]
+  for name, recs in _by_cell(study, records):
+    if not recs:
+      continue
+    row = [f'`{name}`', ', '.join(str(r['seed']) for r in recs)]
+    row += [_cell_text(recs, keys, fmt) for _, keys, fmt in COLUMNS]
+    row += [_cell_text(recs, ('coherence/cond/mean', 'coherence/uncond'),
+                       '.3f', t) for t in tags]
+    if published:
+      row.append(published.get(name, '–'))
+    lines.append('| ' + ' | '.join(row) + ' |')
+  heads = (['run'] + [h for h, _, _ in COLUMNS]
+           + [f'coherence, set `{t}`' for t in tags]
+           + ['train / eval time', 'commit'])
+  lines += ['', 'Per run:', '', '| ' + ' | '.join(heads) + ' |',
+            '|' + '---|' * len(heads)]
+  order = {c.name: i for i, c in enumerate(study.cells)}
+  for r in sorted(records, key=lambda r: (order[r['cell']], r['seed'])):
+    row = [f'`{r["cell"]}`, seed {r["seed"]}']
+    row += [_cell_text([r], keys, fmt)
+            for _, keys, fmt in COLUMNS]
+    row += [_cell_text([r], ('coherence/cond/mean', 'coherence/uncond'),
+                       '.3f', t) for t in tags]
+    times = [r.get('train_seconds'), r.get('eval_seconds')]
+    row.append(' / '.join(f'{t:.0f}' if study_lib.is_number(t) else '–'
+                          for t in times) + ' s')
+    row.append(str(r.get('commit', '–')))
+    lines.append('| ' + ' | '.join(row) + ' |')
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'tables.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return 'tables.md'
 
 
 def _grid_of(cell, recs, root, grid_file):

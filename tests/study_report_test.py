@@ -161,3 +161,32 @@ def test_rescore_writes_back_into_the_records(tmp_path):
     rec = json.loads(path.read_text())
     assert rec['rescored'] == {'s1': {'step': 7,
                                       'coherence/cond/mean': 0.25}}
+
+
+def test_tables_per_cell_and_per_run(tmp_path):
+  """`tables.md`: per cell mean +- std (ddof 1) over the finished seeds,
+  the other classifier set's coherence, the published value; per run one
+  row in cell order."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'clf_b').mkdir()
+  study = _finished_study(tmp_path / 'root',
+                          rescore=(('s1', str(tmp_path / 'clf_b')),))
+  study = dataclasses.replace(study, published=(('a', 'coherence 0.85'),))
+  assert study_report.write_tables(
+      study, str(tmp_path / 'root'), str(tmp_path / 'f')) == 'tables.md'
+  text = (tmp_path / 'f' / 'tables.md').read_text()
+  assert text.startswith('# t: 3 of 4 runs')
+  # a: coherence 0.5, 0.6 (0.55 +- 0.071), FD_clf 3, 2; the other set
+  # 0.4, 0.5; b: seed 0 only.
+  assert ('| `a` | 0, 1 | 0.550 ± 0.071 / 0.100 ± 0.000 | 2.5 ± 0.7 / 4.0 ±'
+          ' 0.0 |') in text
+  assert '| 0.450 ± 0.071 / 0.100 ± 0.000 | coherence 0.85 |' in text
+  assert '| `b` | 0 | 0.700 / 0.100 | 3.0 / 4.0 |' in text
+  runs = [l for l in text.splitlines() if ', seed ' in l]
+  assert [l.split('|')[1].strip() for l in runs] == [
+      '`a`, seed 0', '`a`, seed 1', '`b`, seed 0']
+  assert '0.600 / 0.100 | 2.0 / 4.0 |' in runs[1]
+  with pytest.raises(FileNotFoundError, match='no finished run'):
+    study_report.write_tables(study, str(tmp_path / 'empty'), str(tmp_path))
+  with pytest.raises(ValueError, match='unknown cells'):
+    dataclasses.replace(study, published=(('c', 'x'),))
