@@ -10,7 +10,10 @@ Studies (`get_study(arg)`, arg =
   two beta values each from the paper's grids (MVAE / MoPoE {0.3, 1},
   MMVAE / MMVAE+ {1, 2.5});
 * `fig2` (Fig. 2 analogue): MMJSD with private subspaces of 4, 16 and 32
-  dimensions (shared 32) against MMVAE+ (private 32, shared 32);
+  dimensions (shared 32) against MMVAE+ (private 32, shared 32; the recipe
+  of fig1's `mmvaeplus_beta1`, so its records in studies/records/fig2 are
+  copies of fig1's, marked `copied_from`, and fig2 is run with
+  `--cells=mmjsd_w4,mmjsd_w16,mmjsd_w32`);
 * `tiny`: MMVAE+ and MMVAE, 2 seeds, a few steps on the offline `mini`
   data (the driver's test and a quick try).
 
