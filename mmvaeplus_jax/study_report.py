@@ -161,10 +161,25 @@ def write_figures(study, root: str, out_dir: str, *,
   return files
 
 
+# A derived metric: the mean of the diagonal `coherence/cond/<m>-><m>` (a
+# modality generated from itself; the paper's coherence excludes it).
+SELF = 'coherence/cond/self'
+
+
+def _metric(metrics: dict, key: str):
+  if key != SELF or key in metrics:
+    return metrics.get(key)
+  diag = [v for k, v in metrics.items() if k.startswith('coherence/cond/')
+          and '->' in k and k.split('/')[-1].split('->')[0]
+          == k.split('->')[-1]]
+  return float(np.mean(diag)) if diag else None
+
+
 # The tables' columns: (header, metric keys joined by ' / ', format).
 COLUMNS = (
     ('cond. coherence (per target, diag. excl.) / uncond. coherence',
      ('coherence/cond/mean', 'coherence/uncond'), '.3f'),
+    ('self-reconstruction coherence (diagonal)', (SELF,), '.3f'),
     ('FD_clf cond. (with self) / uncond.',
      ('fd_clf/cond/mean/with_self', 'fd_clf/uncond/mean'), '.1f'),
     ('latent linear z / w / u (mean of 5)',
@@ -181,8 +196,9 @@ def _values(recs, key, tag=None):
   out = []
   for r in recs:
     src = r.get('rescored', {}).get(tag, {}) if tag else r['eval']
-    if study_lib.is_number(src.get(key)) and math.isfinite(float(src[key])):
-      out.append(float(src[key]))
+    v = _metric(src, key)
+    if study_lib.is_number(v) and math.isfinite(float(v)):
+      out.append(float(v))
   return out
 
 

@@ -41,6 +41,8 @@ def _finished_study(root, rescore=(), records=None):
       f.write(b'png')
     return {'step': 7, 'coherence/cond/mean': 0.5 + 0.1 * s + 0.2 * b,
             'coherence/uncond': 0.1, 'fd_clf/cond/mean/with_self': 3.0 - s,
+            'coherence/cond/m0->m0': 0.9, 'coherence/cond/m1->m1': 0.7 - s,
+            'coherence/cond/m0->m1': 0.0,
             'fd_clf/uncond/mean': 4.0, 'latent/mean/z': 0.9,
             'diversity/cond/mean': 0.05, 'diversity/real/mean': 0.2}
 
@@ -178,14 +180,15 @@ def test_tables_per_cell_and_per_run(tmp_path):
   assert text.startswith('# t: 3 of 4 runs')
   # a: coherence 0.5, 0.6 (0.55 +- 0.071), FD_clf 3, 2; the other set
   # 0.4, 0.5; b: seed 0 only.
-  assert ('| `a` | 0, 1 | 0.550 ± 0.071 / 0.100 ± 0.000 | 2.5 ± 0.7 / 4.0 ±'
-          ' 0.0 |') in text
+  # Self-reconstruction: the diagonal's mean, (0.9 + 0.7 - s) / 2.
+  assert ('| `a` | 0, 1 | 0.550 ± 0.071 / 0.100 ± 0.000 | 0.550 ± 0.354 |'
+          ' 2.5 ± 0.7 / 4.0 ± 0.0 |') in text
   assert '| 0.450 ± 0.071 / 0.100 ± 0.000 | coherence 0.85 |' in text
-  assert '| `b` | 0 | 0.700 / 0.100 | 3.0 / 4.0 |' in text
+  assert '| `b` | 0 | 0.700 / 0.100 | 0.800 | 3.0 / 4.0 |' in text
   runs = [l for l in text.splitlines() if ', seed ' in l]
   assert [l.split('|')[1].strip() for l in runs] == [
       '`a`, seed 0', '`a`, seed 1', '`b`, seed 0']
-  assert '0.600 / 0.100 | 2.0 / 4.0 |' in runs[1]
+  assert '0.600 / 0.100 | 0.300 | 2.0 / 4.0 |' in runs[1]
   with pytest.raises(FileNotFoundError, match='no finished run'):
     study_report.write_tables(study, str(tmp_path / 'empty'), str(tmp_path))
   with pytest.raises(ValueError, match='unknown cells'):
