@@ -571,6 +571,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='write the figures and tables.md of the finished'
                       ' runs into this folder (study_report.write_figures,'
                       ' write_tables); trains nothing')
+  parser.add_argument('--grid_file', default='',
+                      help='with --report: the conditional grid copied per'
+                      ' cell (default: cross_modal_<first modality>.png;'
+                      ' e.g. cross_modal_m3.png)')
   parser.add_argument('--rescore', default='',
                       help='re-score the finished runs with this classifier'
                       ' folder (study_report.rescore, needs --tag); trains'
@@ -602,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  records=args.records or None))
     if args.report:
       files = study_report.write_figures(study, args.root, args.report,
+                                         grid_file=args.grid_file or None,
                                          records=args.records or None)
       files.append(study_report.write_tables(
           study, args.root, args.report, records=args.records or None))
