@@ -59,6 +59,17 @@ def _mean_std(records, key):
       float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
 
 
+def _finished(study, root, records):
+  """The finished runs' records (`study.collect`), or an error naming
+  the fix."""
+  out = study_lib.collect(study, root, records)
+  if not out:
+    raise FileNotFoundError(
+        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
+        ' the study first')
+  return out
+
+
 def _by_cell(study, records):
   return [(c.name, [r for r in records if r['cell'] == c.name])
           for c in study.cells]
@@ -99,11 +110,7 @@ def write_figures(study, root: str, out_dir: str, *,
   Raises:
     FileNotFoundError: no run of the study has finished.
   """
-  records = study_lib.collect(study, root, records)
-  if not records:
-    raise FileNotFoundError(
-        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
-        ' the study first')
+  records = _finished(study, root, records)
   os.makedirs(out_dir, exist_ok=True)
   cells = [(n, r) for n, r in _by_cell(study, records) if r]
   files = []
@@ -223,11 +230,7 @@ def write_tables(study, root: str, out_dir: str, *,
   Raises:
     FileNotFoundError: no run of the study has finished.
   """
-  records = study_lib.collect(study, root, records)
-  if not records:
-    raise FileNotFoundError(
-        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
-        ' the study first')
+  records = _finished(study, root, records)
   tags = [t for t, _ in study.rescore]
   published = dict(study.published)
   heads = ['cell', 'seeds'] + [h for h, _, _ in COLUMNS] + [
