@@ -37,8 +37,9 @@ Command line (study definitions are Python files with `get_study(arg)`):
         --root=runs/study_fig1 [--set data.manual_dir=../shared/data ...]
 
 The same command with `--report OUT_DIR` writes the finished runs' figures
-and tables (`tables.md`: per cell mean +- std, per run) and with `--rescore CLASSIFIER_DIR --tag NAME` re-scores their coherence
-with another classifier set (`study_report`); neither trains anything.
+and tables (`tables.md`: per cell mean +- std, per run) and with
+`--rescore CLASSIFIER_DIR --tag NAME` re-scores their coherence with
+another classifier set (`study_report`); neither trains anything.
 """
 
 from __future__ import annotations

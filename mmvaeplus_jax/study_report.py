@@ -51,8 +51,7 @@ LATENT_LABELS = {'z': 'z (shared)', 'w': 'w (private)', 'u': 'u = [w, z]'}
 
 
 def _mean_std(records, key):
-  vals = [float(r['eval'][key]) for r in records
-          if key in r['eval'] and math.isfinite(float(r['eval'][key]))]
+  vals = _values(records, key)
   if not vals:
     return math.nan, math.nan
   return float(np.mean(vals)), (
