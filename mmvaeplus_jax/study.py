@@ -308,7 +308,8 @@ def run_study(study: Study, root: str, *,
               evaluate: Callable | None = None,
               log: Callable[[str], None] = print,
               records: str | None = None,
-              cells: Sequence[str] | None = None) -> dict:
+              cells: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None) -> dict:
   """Trains and evaluates every unfinished run; returns the table dict.
 
   Args:
@@ -323,12 +324,19 @@ def run_study(study: Study, root: str, *,
       (module doc); None: only `root`.
     cells: train only these cells' runs (None: all); the table still
       shows every finished run of the study.
+    seeds: train only these seeds' runs (None: all), e.g. to reproduce one
+      recorded run in a fresh root.
   """
   names = [c.name for c in study.cells]
   unknown = sorted(set(cells or ()) - set(names))
   if unknown:
     raise ValueError(f'unknown cell(s) {", ".join(unknown)}: the study'
                      f' {study.name} has {", ".join(names)}')
+  unknown = sorted(set(seeds or ()) - set(study.seeds))
+  if unknown:
+    raise ValueError(f'unknown seed(s) {", ".join(map(str, unknown))}: the'
+                     f' study {study.name} has seeds'
+                     f' {", ".join(map(str, study.seeds))}')
   if train is None:
     from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
     train = loop.train_and_evaluate
@@ -343,6 +351,8 @@ def run_study(study: Study, root: str, *,
   runs = study.runs()
   if cells:
     runs = [(c, s) for c, s in runs if c.name in cells]
+  if seeds:
+    runs = [(c, s) for c, s in runs if s in seeds]
   if records and all(_kept_record(records, c, s) for c, s in runs):
     log(f'every run has a record in {records}: nothing to train')
     return write_table(study, root, records)
@@ -584,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='comma-separated cell names: train only their'
                       ' runs (default: every cell); the table still shows'
                       ' every finished run')
+  parser.add_argument('--seeds', default='',
+                      help='comma-separated seeds: train only their runs'
+                      ' (default: every seed), e.g. --cells=A --seeds=2'
+                      ' reproduces one run')
   parser.add_argument('--tag', default='',
                       help='name of the --rescore evaluation')
   parser.add_argument('--records', default='',
@@ -594,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.rescore and not args.tag:
     parser.error('--rescore needs --tag NAME')
+  try:
+    seeds = [int(s) for s in args.seeds.split(',') if s] or None
+  except ValueError:
+    parser.error(f'--seeds takes comma-separated integers, got {args.seeds!r}')
   from mmvaeplus_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.configure_jax()
   study = load_study(args.study, args.set)
@@ -615,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   run_study(study, args.root, log=lambda m: print(m, flush=True),
             records=args.records or None,
-            cells=[c for c in args.cells.split(',') if c] or None)
+            cells=[c for c in args.cells.split(',') if c] or None,
+            seeds=seeds)
   print(open(os.path.join(args.root, 'results.md')).read())
 
 

@@ -360,6 +360,52 @@ def test_cells_restricts_training_not_the_table(tmp_path):
                         evaluate=evaluate, cells=['a', 'c'])
 
 
+def test_seeds_restricts_training(tmp_path):
+  study = _study()
+  calls = []
+  train, evaluate = _fakes(calls)
+  study_lib.run_study(study, str(tmp_path), train=train, evaluate=evaluate,
+                      log=lambda m: None, cells=['b'], seeds=[1])
+  assert [c for c in calls if c[0] == 'train'] == [('train', 'b', 1)]
+  with pytest.raises(ValueError, match='unknown seed.*7.*has seeds 0, 1'):
+    study_lib.run_study(study, str(tmp_path), train=train,
+                        evaluate=evaluate, seeds=[0, 7])
+
+
+def test_cli_passes_cells_seeds_and_grid_file(tmp_path, monkeypatch):
+  """The command line reaches run_study and the report unchanged."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
+  spec = str(pathlib.Path(__file__).parents[1] / 'studies' /
+             'polymnist_cpu.py') + ':fig1'
+  seen = {}
+
+  def fake_run(study, root, **kw):
+    seen['run'] = (study.name, kw['cells'], kw['seeds'])
+    (pathlib.Path(root) / 'results.md').write_text('table')
+    return {}
+
+  def fake_figures(study, root, out, **kw):
+    seen['figures'] = kw
+    return []
+
+  monkeypatch.setattr(study_lib, 'run_study', fake_run)
+  monkeypatch.setattr(study_report, 'write_figures', fake_figures)
+  monkeypatch.setattr(study_report, 'write_tables',
+                      lambda *a, **kw: 'tables.md')
+  root = str(tmp_path / 'root')
+  os.makedirs(root)
+  study_lib.main(['--study', spec, '--root', root,
+                  '--cells=mvae_beta1,mmvae_beta1', '--seeds=2'])
+  assert seen['run'] == ('polymnist_cpu:fig1', ['mvae_beta1', 'mmvae_beta1'], [2])
+  study_lib.main(['--study', spec, '--root', root,
+                  '--report', str(tmp_path / 'r'),
+                  '--grid_file=cross_modal_m3.png'])
+  assert seen['figures']['grid_file'] == 'cross_modal_m3.png'
+  with pytest.raises(SystemExit):
+    study_lib.main(['--study', spec, '--root', root, '--seeds=two'])
+
+
 def test_gpu_study_definition():
   """studies/polymnist_gpu.py: the 2024 recipe at full width for MMVAE+ and
   MMVAE, sized by wall time, scored with the CPU study's kept classifiers."""
