@@ -40,6 +40,20 @@ def check_batch_size(global_batch: int, mesh) -> None:
         f' --config.train.batch_size to a multiple of {n}')
 
 
+def check_conv_impl(conv_impl: str, num_devices: int) -> None:
+  """Refuses oneDNN convolutions (`model.conv_impl`) on more than one device.
+
+  Their custom calls have no sharding rule: every device would compute the
+  whole batch.
+  """
+  if conv_impl != 'xla' and num_devices > 1:
+    raise ValueError(
+        f'model.conv_impl={conv_impl!r} runs on one CPU device (its custom'
+        ' calls have no sharding rule: every device would compute the whole'
+        f' batch), this run has {num_devices} devices: use'
+        " model.conv_impl='xla', or one device")
+
+
 def global_batch(mesh, local_batch):
   """Host-local numpy batch -> global jax.Arrays sharded on 'data'."""
   sharding = data_sharding(mesh)

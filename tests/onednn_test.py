@@ -324,3 +324,20 @@ def test_training_refuses_a_sharded_run(tmp_path):
   with pytest.raises(ValueError, match='one CPU device'):
     loop.train_and_evaluate(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@needs_onednn
+def test_evaluation_refuses_a_sharded_run(tmp_path):
+  """eval.py on the 8 test devices with oneDNN convolutions: the same one
+  error, before any data or checkpoint is read; one device is accepted."""
+  from mmvaeplus_jax.configs import polymnist as polymnist_configs  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  c = polymnist_configs.get_config('smoke')
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.model.conv_impl = 'onednn'
+  with pytest.raises(ValueError, match='one CPU device.*8 devices'):
+    runner.evaluate(c, str(tmp_path / 'missing_run'))
+  # One device passes the check and stops later, at the missing run.
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    runner.evaluate(c, str(tmp_path / 'missing_run'),
+                    devices=jax.devices()[:1])

@@ -285,6 +285,8 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   if tag and not all(ch.isalnum() or ch in '_.' for ch in tag):
     raise ValueError(f'evaluation tag {tag!r}: use letters, digits, _ .')
   evaluators = resolve(config.evals.evaluators)
+  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
+                           len(jax.devices() if devices is None else devices))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
   model = runs.model_of(config)

@@ -119,13 +119,8 @@ def train_and_evaluate(config, workdir: str):
 
   mesh = parallel.make_mesh()
   parallel.check_batch_size(tc.batch_size, mesh)
-  conv_impl = config.model.get('conv_impl', 'xla')
-  if conv_impl != 'xla' and mesh.devices.size > 1:
-    raise ValueError(
-        f'model.conv_impl={conv_impl!r} runs on one CPU device (its custom'
-        ' calls have no sharding rule: every device would compute the whole'
-        f' batch), this run has {mesh.devices.size} devices: use'
-        " model.conv_impl='xla', or one device")
+  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
+                           mesh.devices.size)
   repl = parallel.replicated(mesh)
 
   root = jax.random.key(config.seed)
