@@ -397,7 +397,8 @@ def test_cli_passes_cells_seeds_and_grid_file(tmp_path, monkeypatch):
   os.makedirs(root)
   study_lib.main(['--study', spec, '--root', root,
                   '--cells=mvae_beta1,mmvae_beta1', '--seeds=2'])
-  assert seen['run'] == ('polymnist_cpu:fig1', ['mvae_beta1', 'mmvae_beta1'], [2])
+  assert seen['run'] == ('polymnist_cpu:fig1',
+                         ['mvae_beta1', 'mmvae_beta1'], [2])
   study_lib.main(['--study', spec, '--root', root,
                   '--report', str(tmp_path / 'r'),
                   '--grid_file=cross_modal_m3.png'])
