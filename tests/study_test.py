@@ -164,6 +164,20 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
   assert (main_metrics.parent.parent / '4-same' / 'metrics.json').is_file()
   assert '| mmvae | coherence/cond/mean |' in text and '+0.000 ± 0.000' in text
 
+  # Reproduction (docs/results.md): one run retrained from scratch in a
+  # fresh root with --cells/--seeds gives its record's numbers bit for bit.
+  again = study_lib.load_study(spec, [
+      f'data.data_dir={data_dir}',
+      f'evals.classifier_dir={tmp_path / "classifiers"}'])
+  trained.clear()
+  study_lib.run_study(again, str(tmp_path / 'again'), train=train,
+                      evaluate=runner.evaluate, log=lambda m: None,
+                      cells=['mmvae'], seeds=[1])
+  assert len(trained) == 1
+  rerun = json.loads((tmp_path / 'again' / 'mmvae' / 'seed1' /
+                      study_lib.DONE_FILE).read_text())
+  assert rerun['eval'] == record['eval'] and len(record['eval']) > 10
+
 
 def test_classifiers_of_an_earlier_start_are_reused(tmp_path, monkeypatch):
   """A restarted study must score every run with the same classifiers: it

@@ -285,8 +285,9 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   if tag and not all(ch.isalnum() or ch in '_.' for ch in tag):
     raise ValueError(f'evaluation tag {tag!r}: use letters, digits, _ .')
   evaluators = resolve(config.evals.evaluators)
+  mesh = parallel.make_mesh(devices)
   parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
-                           len(jax.devices() if devices is None else devices))
+                           mesh.devices.size)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
   model = runs.model_of(config)
@@ -295,7 +296,6 @@ def evaluate(config, workdir: str, step: int | None = None, *,
                                                       len(eval_src))
   data = eval_src.read(np.arange(n))  # {name: uint8 [n, ...], 'label': [n]}
 
-  mesh = parallel.make_mesh(devices)
   repl = parallel.replicated(mesh)
   params, step = runs.restore_params(config, model, workdir, step,
                                      sharding=repl)
