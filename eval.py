@@ -11,7 +11,7 @@ figures (PNG) beside the metrics. The config is the run's own
 `--config.evals.x=...` overrides either.
 
 * coherence and FD_clf need `--config.evals.classifier_dir=CLASSIFIERS`
-  (trained with `python -m mmvaeplus_jax.evaluation.classifiers`);
+  (trained with `python -m mmvaeplus_jax.tools.classifiers`);
 * FID needs pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
   (`--config.evals.inception_weights=PATH`, default
   ~/.cache/mmvaeplus_jax/<that name>); without it FID is skipped with the
@@ -21,51 +21,13 @@ figures (PNG) beside the metrics. The config is the run's own
   `evals.*` settings (`mmvaeplus_jax/configs/common.py`).
 """
 
-import os
-import sys
+# The program is mmvaeplus_jax/tools/evaluate.py (installed as the
+# `mmvaeplus-eval` command); this file keeps `python eval.py` working in a
+# source checkout, with the same flags, defaults and output.
 
 from absl import app
-from absl import flags
-from ml_collections import config_flags
 
-from mmvaeplus_jax import parallel
-from mmvaeplus_jax import runs
-from mmvaeplus_jax.evaluation import runner
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-# Default config: the run's own (<workdir>/config.json, written by train.py),
-# through configs/run.py, so `--config.evals.x=...` overrides still apply.
-config_flags.DEFINE_config_file(
-    'config', os.path.join(_HERE, 'mmvaeplus_jax/configs/run.py') + (
-        f':{runs.workdir_from_argv(sys.argv)}'
-        if runs.workdir_from_argv(sys.argv) else ''),
-    'Config (default: the one the run was trained with, from'
-    ' <workdir>/config.json).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Training run directory.', required=True)
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.DEFINE_string('tag', '', 'Write to DIR/eval/<step>-<tag>/ instead of'
-                    ' DIR/eval/<step>/ (e.g. another classifier set), no'
-                    ' TensorBoard scalars.')
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  parallel.configure_jax()
-  metrics = runner.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step,
-                            tag=FLAGS.tag)
-  shown = {k: v for k, v in metrics.items()
-           if not isinstance(v, (dict, list)) and '->' not in k}
-  for k in sorted(shown):
-    print(f'{k}: {shown[k]}')
-  for name, reason in sorted(metrics.get('skipped', {}).items()):
-    print(f'skipped {name}: {reason}')
-  out_dir = os.path.join(FLAGS.workdir, 'eval', str(metrics['step']) + (
-      f'-{FLAGS.tag}' if FLAGS.tag else ''))
-  print(f'written to {out_dir}')
-
+from mmvaeplus_jax.tools import evaluate
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(evaluate.main)

@@ -7,51 +7,16 @@ Same workdir = resume. Multi-host: `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` (or nothing on a cluster JAX auto-detects).
 """
 
-import datetime
-import os
+# The program is mmvaeplus_jax/tools/train.py (installed as the
+# `mmvaeplus-train` command); this file keeps `python train.py` working in a
+# source checkout, with the same flags, defaults and output.
 
 from absl import app
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
 
-from mmvaeplus_jax import parallel
-from mmvaeplus_jax.training import loop
+from mmvaeplus_jax.tools import train
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-config_flags.DEFINE_config_file(
-    'config', os.path.join(_HERE, 'mmvaeplus_jax/configs/polymnist.py:demo'),
-    'Config file (get_config(arg)); default: the offline demo.',
-    lock_config=True)
-flags.DEFINE_string('workdir', None,
-                    'Output directory (default: runs/<config>-<time>).')
-flags.DEFINE_string('coordinator_address', None,
-                    'Multi-host: address of process 0 (HOST:PORT).')
-flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-host: this process.')
-flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() with auto-detection.')
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  parallel.configure_jax()
-  if FLAGS.coordinator_address or FLAGS.distributed:
-    if jax.config.jax_platforms in (None, '', 'cpu'):
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
-  workdir = FLAGS.workdir or os.path.join(
-      'runs', 'demo-' + datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
-  logging.info('JAX process %d / %d, local devices %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
-  print(f'workdir: {os.path.abspath(workdir)}', flush=True)
-  loop.train_and_evaluate(FLAGS.config, workdir)
-  print(f'done; checkpoints, metrics.json, samples/ and TensorBoard files in '
-        f'{os.path.abspath(workdir)}', flush=True)
-
+# tests/fault_driver.py imports this file and runs `app.run(train.main)`.
+main = train.main
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(train.main)

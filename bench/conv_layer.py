@@ -16,7 +16,7 @@ import argparse
 import time
 
 import mmvaeplus_jax  # noqa: F401  (applies $MMVAEPLUS_CPU_CONVOLUTIONS before JAX starts)
-from mmvaeplus_jax import xla_cpu
+from mmvaeplus_jax.infra import xla_cpu
 
 import jax  # pylint: disable=g-bad-import-order
 from jax import lax

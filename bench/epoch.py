@@ -72,10 +72,11 @@ def main(argv=None):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax import parallel  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.infra import parallel  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.configs import polymnist  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.input import pipeline  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax import train_state  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import step as step_bench  # pylint: disable=g-import-not-at-top
@@ -89,7 +90,7 @@ def main(argv=None):
     config.train.batch_size = args.batch_size
   config.model.update(compute_dtype=args.compute_dtype, remat=args.remat)
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   tc = config.train
 
   t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def main(argv=None):
   init_key, train_key, _ = jax.random.split(root, 3)
   example = pipeline.host_batch(source, 0, seed=config.seed,
                                 global_batch=tc.batch_size)
-  state = jax.jit(lambda k, x: step_lib.init_state(k, x, model=model, tx=tx),
+  state = jax.jit(lambda k, x: train_state.init_state(k, x, model=model, tx=tx),
                   out_shardings=repl)(
                       init_key, {n: x[:1] for n, x in example.items()})
   train_fn = step_lib.jit_train_step(config, model, tx, mesh)

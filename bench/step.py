@@ -172,7 +172,7 @@ def parse_args(argv=None):
   p.add_argument('--conv_impl', default='xla',
                  choices=('xla', 'onednn', 'onednn_bf16'),
                  help="model.conv_impl: 'onednn' runs the convolutions as"
-                      ' oneDNN custom calls (CPU; mmvaeplus_jax/onednn.py;'
+                      ' oneDNN custom calls (CPU; mmvaeplus_jax/infra/onednn.py;'
                       " name suffix +onednn), 'onednn_bf16' with bf16"
                       ' operands (+onednn_bf16)')
   p.add_argument('--profile', action='store_true',
@@ -538,12 +538,14 @@ def _measure(args, case, row):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax import parallel  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.infra import parallel  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.configs import polymnist  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.input import pipeline  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.training import microbatch as microbatch_lib  # pylint: disable=g-import-not-at-top
   from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax import train_state  # pylint: disable=g-import-not-at-top
 
-  from mmvaeplus_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.infra import xla_cpu  # pylint: disable=g-import-not-at-top
 
   configure(jax, args.compilation_cache)
   cache_hits = cache_hit_counter(jax)
@@ -563,7 +565,7 @@ def _measure(args, case, row):
   config.train.batch_size = case.batch_size
   config.train.microbatch_size = case.microbatch_size
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   devices = jax.devices()
   if case.num_devices is not None:
     if case.num_devices > len(devices):
@@ -588,7 +590,7 @@ def _measure(args, case, row):
   # Shapes first, then the replicated state, as the training shell does.
   root = jax.random.key(config.seed)
   init_key, train_key = jax.random.split(root)
-  init_fn = lambda k, x: step_lib.init_state(k, x, model=model, tx=tx)
+  init_fn = lambda k, x: train_state.init_state(k, x, model=model, tx=tx)
   # One example suffices for the shapes; the same init program for every
   # batch size (a compilation cache then holds it once).
   t = time.perf_counter()
@@ -599,10 +601,10 @@ def _measure(args, case, row):
   batches = [parallel.global_batch(mesh, hb) for hb in host_batches]
   train_fn = step_lib.jit_train_step(config, model, tx, mesh)
 
-  # One program, or (microbatches, step_lib.MicrobatchedTrainStep) the
+  # One program, or (microbatches, microbatch_lib.MicrobatchedTrainStep) the
   # step's programs with their calls per step: FLOPs add up over calls.
   t = time.perf_counter()
-  if isinstance(train_fn, step_lib.MicrobatchedTrainStep):
+  if isinstance(train_fn, microbatch_lib.MicrobatchedTrainStep):
     parts = train_fn.lower_programs(state, batches[0], train_key)
   else:
     parts = [('train_step', train_fn.lower(state, batches[0], train_key), 1)]
@@ -615,8 +617,9 @@ def _measure(args, case, row):
   # Memory and the per-op profile: the program with the most FLOPs per step
   # (microbatches: the gradient program).
   compiled = max(compiled_parts, key=lambda p: p[2] * (_flops(p[1]) or 0))[1]
-  microbatch = (train_fn.size
-                if isinstance(train_fn, step_lib.MicrobatchedTrainStep) else 0)
+  microbatch = (
+      train_fn.size
+      if isinstance(train_fn, microbatch_lib.MicrobatchedTrainStep) else 0)
   # A program already in the compilation cache (the same case earlier in the
   # run, e.g. M=5 of the M sweep = devices=1) loads instead of compiling.
   compile_cache_hit = len(cache_hits) > hits_before

@@ -77,7 +77,7 @@ for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax.checkpoint', 'numpy',
   print(f'  {name} {getattr(m, "__version__", "?")}')
 import jax
 print('  devices:', jax.devices())
-import mmvaeplus_jax.study, mmvaeplus_jax.training.loop  # noqa
+import mmvaeplus_jax.tools.study, mmvaeplus_jax.training.loop  # noqa
 import mmvaeplus_jax.evaluation.runner  # noqa
 EOF
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -104,7 +104,7 @@ if [ "${STUDY_SMOKE:-0}" != "1" ]; then
     CLF=studies/classifiers/rebuilt_wide_seed$seed
     if [ ! -d "$CLF/m4" ]; then
       say "building the classifier set $CLF (seed $seed)"
-      "$PY" -m mmvaeplus_jax.evaluation.classifiers --dataset rebuilt \
+      "$PY" -m mmvaeplus_jax.tools.classifiers --dataset rebuilt \
         --data_dir "${STUDY_TFDS:-/tmp/tfds_gpu_study}" --manual_dir "$DATA" \
         --out "$CLF" --seed "$seed" || { say "classifier training failed"; exit 1; }
     fi
@@ -112,13 +112,13 @@ if [ "${STUDY_SMOKE:-0}" != "1" ]; then
 fi
 ROOT=${STUDY_ROOT:-/tmp/gpu_study_runs}
 say "study polymnist_gpu.py:$ARG -> $ROOT"
-"$PY" -m mmvaeplus_jax.study --study="studies/polymnist_gpu.py:$ARG" \
+"$PY" -m mmvaeplus_jax.tools.study --study="studies/polymnist_gpu.py:$ARG" \
   --root="$ROOT" "${SETS[@]}" --records="$DEST/records"
 STATUS=$?
 cp "$ROOT/results.md" "$DEST/" 2>/dev/null
 # The figures (at most 8 files come back from the device: the log,
 # results.md, one record per cell, these).
-"$PY" -m mmvaeplus_jax.study --study="studies/polymnist_gpu.py:$ARG" \
+"$PY" -m mmvaeplus_jax.tools.study --study="studies/polymnist_gpu.py:$ARG" \
   --root="$ROOT" "${SETS[@]}" --report="$ROOT/report" > /dev/null \
   && cp "$ROOT"/report/grid_*.png "$ROOT"/report/scatter.png "$DEST/"
 say "done in $(( $(date +%s) - START )) s (status $STATUS); files in $DEST"

@@ -1,6 +1,6 @@
 """The paper's PolyMNIST comparisons at CPU scale (study definitions).
 
-    python -m mmvaeplus_jax.study --study=studies/polymnist_cpu.py:fig1 \
+    python -m mmvaeplus_jax.tools.study --study=studies/polymnist_cpu.py:fig1 \
         --root=runs/study_fig1 --set data.manual_dir=../shared/data
 
 Studies (`get_study(arg)`, arg =
@@ -41,7 +41,7 @@ latents, lr 3e-3 and batch 8 learned):
 
 import os
 
-from mmvaeplus_jax import study
+from mmvaeplus_jax.experiments import records
 from mmvaeplus_jax.configs import common
 from mmvaeplus_jax.configs import polymnist
 
@@ -121,7 +121,7 @@ def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
       bound_num_samples=10, all_subsets=True)
   if data == 'rebuilt':
     c.evals.classifier_dir = CLASSIFIERS
-  return study.Cell(name, c)
+  return records.Cell(name, c)
 
 
 def get_study(arg=None):
@@ -154,8 +154,8 @@ def get_study(arg=None):
     seeds = seeds[:2] if a.seeds == 3 else seeds
   else:
     raise ValueError(f'unknown study {a.variant!r}: fig1, fig2 or tiny')
-  return study.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
-                     METRICS,
-                     classifier_epochs=2 if a.variant == 'tiny' else None,
-                     rescore=() if a.variant == 'tiny' else RESCORE,
-                     published=PUBLISHED.get(a.variant, ()))
+  return records.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
+                       METRICS,
+                       classifier_epochs=2 if a.variant == 'tiny' else None,
+                       rescore=() if a.variant == 'tiny' else RESCORE,
+                       published=PUBLISHED.get(a.variant, ()))

@@ -4,7 +4,7 @@
 
 or directly:
 
-    python -m mmvaeplus_jax.study --study=studies/polymnist_gpu.py:2024 \
+    python -m mmvaeplus_jax.tools.study --study=studies/polymnist_gpu.py:2024 \
         --root=runs/gpu_study --set data.manual_dir=../shared/data
 
 Study argument 'NAME[,train_s=S,models=A+B,seeds=N,eval_n=E]':
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import polymnist_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from mmvaeplus_jax import study  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mmvaeplus_jax.experiments import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mmvaeplus_jax.configs import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mmvaeplus_jax.configs import polymnist  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -59,7 +59,7 @@ def _cell(model, *, train_s, eval_n, smoke):
                    bound_num_samples=2, all_subsets=False, batch_size=32,
                    evaluators='bound,coherence,fd_clf,figures')
     c.evals.classifier_dir = ''  # the study trains small ones on `mini`
-  return study.Cell(model, c)
+  return records.Cell(model, c)
 
 
 def get_study(arg=None):
@@ -71,6 +71,6 @@ def get_study(arg=None):
   train_s = 20.0 if smoke and 'train_s=' not in (arg or '') else a.train_s
   cells = tuple(_cell(m, train_s=train_s, eval_n=a.eval_n, smoke=smoke)
                 for m in a.models.split('+'))
-  return study.Study(f'polymnist_gpu:{a.variant}', cells,
-                     tuple(range(a.seeds)), polymnist_cpu.METRICS,
-                     classifier_epochs=1 if smoke else None)
+  return records.Study(f'polymnist_gpu:{a.variant}', cells,
+                       tuple(range(a.seeds)), polymnist_cpu.METRICS,
+                       classifier_epochs=1 if smoke else None)

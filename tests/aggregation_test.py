@@ -15,7 +15,7 @@ import pytest
 from scipy import special
 from scipy import stats
 
-from mmvaeplus_jax import aggregation
+from mmvaeplus_jax.core import aggregation
 
 U32 = 2.0 ** -24
 

@@ -10,12 +10,17 @@ import optax
 import pytest
 
 import toy_models
-from mmvaeplus_jax import distributions, estimators, parallel
+from mmvaeplus_jax.core import distributions
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import runner
-from mmvaeplus_jax.input import builders, pipeline
+from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.models import mmvaeplus
 from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax import train_state
+from mmvaeplus_jax.models import polymnist
 
 
 def _toy(m=2, **kw):
@@ -93,7 +98,7 @@ def test_finite_loss_with_nonfinite_gradient_is_skipped():
   bad_model = dataclasses.replace(model, modalities=mods)
   tx = optax.adam(1e-3)
   zero = jnp.zeros((), jnp.int32)
-  state = step_lib.TrainState(step=zero, params=params,
+  state = train_state.TrainState(step=zero, params=params,
                               opt_state=tx.init(params),
                               nonfinite_consecutive=zero, nonfinite_total=zero)
   step = jax.jit(lambda s, b, k: step_lib.train_step(
@@ -145,3 +150,31 @@ def test_each_host_reads_only_its_share(process_count):
     assert len(set(np.concatenate(read).tolist())) == global_batch
   for src in sources:  # one read per step, nothing else
     assert len(src.reads) == steps
+
+
+def test_check_batch_rejects_bad_values_of_a_concrete_batch():
+  """NaN, 0..255 floats and uint8 images give one error naming the
+  modality, before any bound is computed; a traced batch is not read."""
+  model = polymnist.make_mmvaeplus(num_modalities=2, dim_w=4, dim_z=4,
+                                   width=0.0625)
+  rng = np.random.default_rng(0)
+  good = {n: rng.uniform(size=(2, 28, 28, 3)).astype(np.float32)
+          for n in model.names}
+  assert model.check_batch(good) == 2
+  cases = [
+      (np.nan, 'float32', r"batch\['m1'\] holds 1 non-finite"),
+      (np.inf, 'float32', r"batch\['m1'\] holds 1 non-finite"),
+      (255.0, 'float32', r"batch\['m1'\] has values in \[.*, 255\].*divide"),
+      (-0.5, 'float32', r"batch\['m1'\] has values in \[-0.5"),
+      (1.0, 'uint8', r"batch\['m1'\] has dtype uint8.*/ 255"),
+  ]
+  for value, dtype, message in cases:
+    x = good['m1'].copy()
+    x[1, 3, 4, 0] = value
+    bad = dict(good, m1=x.astype(dtype))
+    with pytest.raises(ValueError, match=message):
+      model.check_batch(bad)
+  # Under jit the values are not concrete: shapes are checked, values not.
+  nan = dict(good, m1=np.full_like(good['m1'], np.nan))
+  out = jax.eval_shape(lambda b: jnp.int32(model.check_batch(b)), nan)
+  assert out.shape == ()

@@ -21,7 +21,7 @@ import optax
 import pytest
 from scipy import special
 
-from mmvaeplus_jax import aggregation
+from mmvaeplus_jax.core import aggregation
 from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import polymnist as polymnist_config
 from mmvaeplus_jax.input import builders

@@ -1,4 +1,6 @@
-"""Tests of evaluation.classifiers: architecture, training, storage, CLI."""
+"""Tests of the coherence classifiers (evaluation.classifiers,
+classifier_nets, classifier_training; tools.classifiers): architecture,
+training, storage, CLI."""
 
 import json
 
@@ -9,8 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from mmvaeplus_jax.evaluation import classifier_nets
+from mmvaeplus_jax.evaluation import classifier_training
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.tools import classifiers as classifiers_cli
 
 BATCH, LR = 64, 2e-3  # shared by the training tests (one compile)
 
@@ -88,7 +93,7 @@ def test_architecture_matches_official():
 def test_dropout2d_drops_whole_channels():
   params = classifiers.init(jax.random.key(0))
   x = np.random.default_rng(1).random((4, 28, 28, 3)).astype(np.float32)
-  _, state = classifiers.ClfImg().apply(
+  _, state = classifier_nets.ClfImg().apply(
       {'params': params}, x, train=True, rngs={'dropout': jax.random.key(3)},
       capture_intermediates=lambda m, _: isinstance(m, nn.Dropout))
   inter = state['intermediates']
@@ -157,7 +162,7 @@ def test_missing_classifiers_error_names_directory_and_command(tmp_path):
     classifiers.load_classifiers(missing)
   msg = str(err.value)
   assert str(missing) in msg
-  assert 'python -m mmvaeplus_jax.evaluation.classifiers' in msg
+  assert 'python -m mmvaeplus_jax.tools.classifiers' in msg
   assert f'--out {missing}' in msg
   # A folder holding some modalities but not the requested one.
   params = classifiers.init(jax.random.key(0))
@@ -168,7 +173,7 @@ def test_missing_classifiers_error_names_directory_and_command(tmp_path):
 
 def test_command_line(tmp_path, mini_dir, mini, capsys):
   out = tmp_path / 'clfs'
-  classifiers.main([
+  classifiers_cli.main([
       '--dataset', 'mini', '--data_dir', str(mini_dir), '--out', str(out),
       '--epochs', '1', '--batch_size', str(BATCH), '--lr', str(LR),
       '--arch', 'official'])  # the fast one; 'wide': test_wide_*
@@ -222,12 +227,12 @@ def test_wide_architecture_shapes_and_features():
       lp, classifiers.log_probs(params, x.astype(np.float32) / 255),
       atol=1e-6)
   feats = classifiers.features(params, x)
-  assert feats.shape == (5, classifiers.FEATURE_DIM)
+  assert feats.shape == (5, classifier_nets.FEATURE_DIM)
   assert float(feats.min()) >= 0.0
   np.testing.assert_array_equal(
       classifiers.classify({'m0': params}, 'm0', x), lp)
   # The module itself, by name; eval mode ignores dropout.
-  direct = classifiers.MODULES['wide'].apply({'params': params}, x)
+  direct = classifier_nets.MODULES['wide'].apply({'params': params}, x)
   np.testing.assert_allclose(direct, lp, atol=1e-6)
   with pytest.raises(ValueError, match='got images of shape'):
     classifiers.log_probs(params, np.zeros((2, 28, 28, 1), np.uint8))
@@ -296,15 +301,16 @@ def test_unknown_arch_is_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown classifier architecture"):
     classifiers.load_classifiers(tmp_path / 'c')
   with pytest.raises(SystemExit):  # argparse: --lr_schedule choices
-    classifiers.main(['--data_dir', str(tmp_path), '--out', str(tmp_path),
-                      '--lr_schedule', 'step'])
+    classifiers_cli.main(['--data_dir', str(tmp_path), '--out', str(tmp_path),
+                          '--lr_schedule', 'step'])
 
 
 def test_shift_images_moves_pixels():
   x = np.arange(2 * 5 * 6 * 1, dtype=np.float32).reshape((2, 5, 6, 1))
   np.testing.assert_array_equal(
-      classifiers.shift_images(x, np.zeros((2, 2), np.int32)), x)
-  out = np.asarray(classifiers.shift_images(x, np.array([[1, 2], [-2, 0]])))
+      classifier_training.shift_images(x, np.zeros((2, 2), np.int32)), x)
+  out = np.asarray(classifier_training.shift_images(
+      x, np.array([[1, 2], [-2, 0]])))
   # Image 0: content moves 1 down and 2 right; edges replicated.
   np.testing.assert_array_equal(out[0, 1:, 2:], x[0, :-1, :-2])
   np.testing.assert_array_equal(out[0, 0, 2:], x[0, 0, :-2])
@@ -315,41 +321,41 @@ def test_shift_images_moves_pixels():
   np.testing.assert_array_equal(out[1, 4], x[1, 4])
   # dtype kept (uint8 images stay uint8).
   u = np.zeros((1, 28, 28, 3), np.uint8)
-  assert classifiers.shift_images(u, np.ones((1, 2), np.int32)).dtype == (
-      np.uint8)
+  assert classifier_training.shift_images(
+      u, np.ones((1, 2), np.int32)).dtype == np.uint8
 
 
 def test_random_translate_key_determinism_and_range():
   x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 3), np.uint8)
-  a = classifiers.random_translate(jax.random.key(0), x, 2)
-  b = classifiers.random_translate(jax.random.key(0), x, 2)
-  c = classifiers.random_translate(jax.random.key(1), x, 2)
+  a = classifier_training.random_translate(jax.random.key(0), x, 2)
+  b = classifier_training.random_translate(jax.random.key(0), x, 2)
+  c = classifier_training.random_translate(jax.random.key(1), x, 2)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   np.testing.assert_array_equal(
-      classifiers.random_translate(jax.random.key(0), x, 0), x)
+      classifier_training.random_translate(jax.random.key(0), x, 0), x)
   # Every output is one of the (2 * 2 + 1)^2 shifts of its input.
   shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
-  cands = np.stack([np.asarray(classifiers.shift_images(
+  cands = np.stack([np.asarray(classifier_training.shift_images(
       x, np.tile(np.array([s]), (64, 1)))) for s in shifts])  # [25, N, ...]
   match = np.all(cands == np.asarray(a)[None], axis=(2, 3, 4))  # [25, N]
   assert match.any(axis=0).all()
   assert len(set(np.argmax(match, axis=0).tolist())) > 5  # varied shifts
   with pytest.raises(ValueError, match='max_shift'):
-    classifiers.random_translate(jax.random.key(0), x, -1)
+    classifier_training.random_translate(jax.random.key(0), x, -1)
 
 
 def test_standardize_is_contrast_invariant():
   x = np.random.default_rng(3).random((3, 28, 28, 3)).astype(np.float32)
-  z = np.asarray(classifiers.standardize(x))
+  z = np.asarray(classifier_nets.standardize(x))
   np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
   np.testing.assert_allclose(z.std(axis=(1, 2, 3)), 1.0, atol=1e-4)
-  np.testing.assert_allclose(classifiers.standardize(0.2 * x + 0.4), z,
+  np.testing.assert_allclose(classifier_nets.standardize(0.2 * x + 0.4), z,
                              atol=1e-4)
   # A constant image stays finite (zeros).
   c = np.full((1, 28, 28, 3), 0.5, np.float32)
-  np.testing.assert_array_equal(classifiers.standardize(c), 0.0)
+  np.testing.assert_array_equal(classifier_nets.standardize(c), 0.0)
   # uint8 input is divided by 255 first.
   u = (x * 255).astype(np.uint8)
-  np.testing.assert_allclose(classifiers.standardize(u),
-                             classifiers.standardize(u / 255.0), atol=1e-5)
+  np.testing.assert_allclose(classifier_nets.standardize(u),
+                             classifier_nets.standardize(u / 255.0), atol=1e-5)

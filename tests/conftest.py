@@ -9,7 +9,7 @@ if '--xla_force_host_platform_device_count' not in _flags:
       _flags + ' --xla_force_host_platform_device_count=8'
   ).strip()
 
-# Training-shell settings (see mmvaeplus_jax.parallel.configure_jax), as env
+# Training-shell settings (see mmvaeplus_jax.infra.parallel.configure_jax), as env
 # vars so subprocesses started by tests inherit them: the fast-compiling
 # threefry on XLA:CPU and one compilation cache per test session, shared by
 # the train.py subprocesses (they compile the same programs).
@@ -20,6 +20,13 @@ _OWN_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _OWN_CACHE = tempfile.mkdtemp(prefix='mmvaeplus_jax_xla_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+
+
+# The opt-in XLA:CPU convolution setting, before any backend starts (the
+# package applies it only where the shells call parallel.configure_jax).
+from mmvaeplus_jax.infra import xla_cpu  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+xla_cpu.configure()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmvaeplus_jax import estimators
+from mmvaeplus_jax.core import estimators
 from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import polymnist
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import special, stats
 
 import numerics
-from mmvaeplus_jax import distributions
+from mmvaeplus_jax.core import distributions
 
 
 def _assert_sum_close(got, terms, axes, extra=0.0):

@@ -12,7 +12,9 @@ import pytest
 
 import numerics
 import toy_models
-from mmvaeplus_jax import distributions, estimators, objectives
+from mmvaeplus_jax.core import distributions
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.core import objectives
 
 sg = jax.lax.stop_gradient
 

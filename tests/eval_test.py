@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import common
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
@@ -24,6 +24,7 @@ from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.evaluation import frechet
 from mmvaeplus_jax.evaluation import likelihood
 from mmvaeplus_jax.evaluation import runner
+from mmvaeplus_jax import train_state
 import numerics
 import toy_models
 
@@ -452,8 +453,7 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   from mmvaeplus_jax import models
   from mmvaeplus_jax.configs import polymnist as polymnist_configs
   from mmvaeplus_jax.input import builders
-  from mmvaeplus_jax.training import step as step_lib
-
+  
   data_dir = tmp_path / 'tfds'
   builders.prepare('mini', data_dir)
   workdir = tmp_path / 'run'
@@ -461,7 +461,7 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   config.model.num_modalities = 2
   config.data.data_dir = str(data_dir)
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   toy_models.save_random_checkpoint(model, tx, workdir / 'checkpoints', 3)
   clf_dir = tmp_path / 'clf'
   classifiers.save_classifiers(clf_dir, {
@@ -549,3 +549,13 @@ def test_eval_py_on_1_and_8_devices_and_twice(tmp_path):
   assert files and all((out / f).exists() for f in files)  # the figures ran
   assert 'figures' not in eight.get('skipped', {})
   assert list((workdir / 'eval').glob('events.out.tfevents.*'))
+
+
+def test_eval_finds_the_runs_own_classifiers(tmp_path):
+  """`eval.py --workdir=<the demo's run>` uses the classifiers the run saved
+  (`<workdir>/classifiers`) unless `evals.classifier_dir` names others."""
+  assert runner.run_classifier_dir('', str(tmp_path)) == ''
+  (tmp_path / 'classifiers').mkdir()
+  own = str(tmp_path / 'classifiers')
+  assert runner.run_classifier_dir('', str(tmp_path)) == own
+  assert runner.run_classifier_dir('/elsewhere', str(tmp_path)) == '/elsewhere'

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 import train  # pylint: disable=g-import-not-at-top
-from mmvaeplus_jax.training import checkpointing, loop  # pylint: disable=g-import-not-at-top
+from mmvaeplus_jax.infra import checkpointing  # pylint: disable=g-import-not-at-top
+from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
 
 _save = checkpointing.save
 _iterate = loop.pipeline.iterate

@@ -24,11 +24,13 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.evaluation import frechet
 from mmvaeplus_jax.evaluation import inception
+from mmvaeplus_jax.evaluation import inception_weights
+from mmvaeplus_jax.evaluation import torch_pickle
 
 FIXTURE_DIR = (
     pathlib.Path(__file__).resolve().parents[2]
@@ -276,7 +278,7 @@ def test_reader_round_trips_both_formats(tmp_path, fmt):
                       view=_View(shared, 'shared_view', 10, 6))
   path = tmp_path / 'x.pth'
   write_pth(path, sd, fmt=fmt)
-  got = fid.read_torch_state_dict(path)
+  got = torch_pickle.read_torch_state_dict(path)
   assert list(got) == list(sd)
   np.testing.assert_array_equal(got['w'], sd['w'])
   np.testing.assert_array_equal(got['d'], sd['d'])
@@ -294,7 +296,7 @@ def test_reader_refuses_foreign_globals_and_out_of_bounds(tmp_path):
   with zipfile.ZipFile(evil, 'w') as zf:
     zf.writestr('archive/data.pkl', b'cos\nsystem\n(S"echo pwned"\ntR.')
   with pytest.raises(pickle.UnpicklingError, match='refusing.*os.system'):
-    fid.read_torch_state_dict(evil)
+    torch_pickle.read_torch_state_dict(evil)
   with pytest.raises(fid.InceptionWeightsError, match='refusing'):
     fid.load_inception_variables(
         evil, sha256_prefix=fid.file_sha256(evil)[:8], use_cache=False
@@ -303,7 +305,7 @@ def test_reader_refuses_foreign_globals_and_out_of_bounds(tmp_path):
   big = tmp_path / 'big.pth'
   write_pth(big, {'x': _Tensor(_Storage('0', np.zeros(4, np.float32)), (5,))})
   with pytest.raises(pickle.UnpicklingError, match='past its storage'):
-    fid.read_torch_state_dict(big)
+    torch_pickle.read_torch_state_dict(big)
 
 
 def test_missing_or_corrupt_weights_raise_one_clear_error(tmp_path):
@@ -325,7 +327,7 @@ def test_missing_or_corrupt_weights_raise_one_clear_error(tmp_path):
 
 
 def test_conversion_layout_and_strictness(recipe_state_dict):
-  variables = fid.convert_state_dict(recipe_state_dict)
+  variables = inception_weights.convert_state_dict(recipe_state_dict)
   w = recipe_state_dict['Mixed_6b.branch7x7_2.conv.weight']  # [O, I, 1, 7]
   k = variables['params']['Mixed_6b']['branch7x7_2']['conv']['kernel']
   assert k.shape == (1, 7, 128, 128)
@@ -341,21 +343,21 @@ def test_conversion_layout_and_strictness(recipe_state_dict):
   broken = dict(recipe_state_dict)
   del broken['Mixed_5b.branch1x1.bn.running_mean']
   with pytest.raises(fid.InceptionWeightsError, match='1 missing'):
-    fid.convert_state_dict(broken)
+    inception_weights.convert_state_dict(broken)
   aux = dict(recipe_state_dict)
   aux['AuxLogits.conv0.conv.weight'] = np.zeros((128, 768, 1, 1), np.float32)
   with pytest.raises(fid.InceptionWeightsError, match='unexpected'):
-    fid.convert_state_dict(aux)
+    inception_weights.convert_state_dict(aux)
 
 
 @needs_fixture
 def test_loader_and_cache(loaded, pth_file, recipe_state_dict, monkeypatch):
   variables, cache, prefix = loaded
-  expected = fid.convert_state_dict(recipe_state_dict)
+  expected = inception_weights.convert_state_dict(recipe_state_dict)
   jax.tree.map(np.testing.assert_array_equal, variables, expected)
   assert len(list(cache.glob('fid_inception_*.npz'))) == 1
   # A second load comes from the cache: the .pth reader is not called.
-  monkeypatch.setattr(fid, 'read_torch_state_dict', None)
+  monkeypatch.setattr(torch_pickle, 'read_torch_state_dict', None)
   again = fid.load_inception_variables(
       pth_file, sha256_prefix=prefix, cache_dir=cache)
   jax.tree.map(np.testing.assert_array_equal, again, expected)

@@ -31,15 +31,19 @@ from scipy import stats
 
 import toy_models
 from mmvaeplus_jax import generation
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import common
+from mmvaeplus_jax.evaluation import alpha_sweep
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.evaluation import fd_clf
 from mmvaeplus_jax.evaluation import figures
+from mmvaeplus_jax.evaluation import image_grids
+from mmvaeplus_jax.experiments import scatter
 from mmvaeplus_jax.models import mmvaeplus
 from mmvaeplus_jax.models import polymnist
+from mmvaeplus_jax.tools import scatter as scatter_cli
 
 KEY = jax.random.key(3)
 
@@ -50,12 +54,12 @@ def _jit(fn):
   return jax.jit(fn, static_argnames=tuple(names))
 
 
-cross_modal_latents = _jit(figures.cross_modal_latents)
-unconditional_latents = _jit(figures.unconditional_latents)
-private_conditioning_latents = _jit(figures.private_conditioning_latents)
-prior_shared_latents = _jit(figures.prior_shared_latents)
-alpha_latents = _jit(figures.alpha_latents)
-traversal_latents = jax.jit(figures.traversal_latents,
+cross_modal_latents = _jit(generation.cross_modal_latents)
+unconditional_latents = _jit(generation.unconditional_latents)
+private_conditioning_latents = _jit(generation.private_conditioning_latents)
+prior_shared_latents = _jit(generation.prior_shared_latents)
+alpha_latents = _jit(generation.alpha_latents)
+traversal_latents = jax.jit(generation.traversal_latents,
                             static_argnames=('kind', 'relative'))
 
 # ------------------------------------------------------------- echo model
@@ -200,11 +204,11 @@ def test_prior_shared_latents():
 def test_traversal_moves_only_the_traversed_dimension(kind):
   model, params = echo_model()
   post = figures.encode(model, params, toy_models.toy_batch(model, 3))
-  w, z = jax.jit(figures.traversal_base, static_argnums=(1, 3, 4))(
+  w, z = jax.jit(generation.traversal_base, static_argnums=(1, 3, 4))(
       KEY, model, post, 1, 2)  # source m1, example 2
   np.testing.assert_array_equal(z, post.loc_z[1, 2])  # the posterior MEAN
   assert w.shape == (DW,)
-  values, relative = figures.traversal_values(model, 5)
+  values, relative = generation.traversal_values(model, 5)
   assert relative
   np.testing.assert_allclose(values, 5 * np.log(2) * np.linspace(-1, 1, 5),
                              rtol=1e-6)
@@ -220,7 +224,7 @@ def test_traversal_moves_only_the_traversed_dimension(kind):
     np.testing.assert_allclose(u[k][:, offset + k] - base[offset + k], values,
                                rtol=0, atol=1e-5)
   # Quantile mode replaces the value by the prior's quantiles.
-  q, relative = figures.traversal_values(model, 4, quantiles=True)
+  q, relative = generation.traversal_values(model, 4, quantiles=True)
   assert not relative
   np.testing.assert_allclose(
       q, stats.norm.ppf([0.125, 0.375, 0.625, 0.875], scale=np.log(2)),
@@ -233,7 +237,7 @@ def test_prior_quantiles_laplace():
   model = polymnist.make_mmvaeplus(num_modalities=1, dim_w=2, dim_z=2,
                                    width=0.0625)
   p = np.array([0.01, 0.3, 0.5, 0.8])
-  np.testing.assert_allclose(figures.prior_quantiles(model, p),
+  np.testing.assert_allclose(generation.prior_quantiles(model, p),
                              stats.laplace.ppf(p), rtol=1e-6, atol=1e-12)
 
 
@@ -276,12 +280,12 @@ def test_save_image_grid_is_pixel_exact(tmp_path, labels):
   path = str(tmp_path / 'g.png')
   kw = {'title': 't', 'row_labels': ['a', 'b', 'c'],
         'col_labels': ['w', 'x', 'y', 'z']} if labels else {}
-  lay = figures.save_image_grid(path, images, zoom=2, **kw)
-  assert lay == figures.grid_layout(3, 4, (5, 6), zoom=2, **kw)
+  lay = image_grids.save_image_grid(path, images, zoom=2, **kw)
+  assert lay == image_grids.grid_layout(3, 4, (5, 6), zoom=2, **kw)
   if labels:  # margins hold the labels; the width holds a long title
-    assert lay.left > figures.grid_layout(3, 4, (5, 6)).left
-    long = figures.grid_layout(3, 4, (5, 6), title='x' * 200)
-    assert long.width >= 200 * figures.TITLE_CHAR_PX
+    assert lay.left > image_grids.grid_layout(3, 4, (5, 6)).left
+    long = image_grids.grid_layout(3, 4, (5, 6), title='x' * 200)
+    assert long.width >= 200 * image_grids.TITLE_CHAR_PX
   png = _png(path)
   assert png.shape == (lay.height, lay.width, 3)
   assert (lay.cell_h, lay.cell_w) == (10, 12)
@@ -296,7 +300,7 @@ def test_save_image_grid_is_pixel_exact(tmp_path, labels):
   between = ~body[ys:ye, xs:xe]
   assert np.all(png[ys:ye, xs:xe][between] == 255)
   with pytest.raises(ValueError, match='row_labels'):
-    figures.save_image_grid(path, images, row_labels=['a'])
+    image_grids.save_image_grid(path, images, row_labels=['a'])
 
 
 def _context(model, params, data, out_dir, evals, classifiers_=None):
@@ -347,7 +351,7 @@ def test_figures_evaluator_writes_every_grid(tmp_path):
   for name, (r, c) in expected.items():
     f = figs[name]
     assert f.images.shape == (r, c, 28, 28, 3), name
-    lay = figures.grid_layout(r, c, (28, 28), zoom=1, title=f.title,
+    lay = image_grids.grid_layout(r, c, (28, 28), zoom=1, title=f.title,
                               row_labels=f.row_labels,
                               col_labels=f.col_labels)
     png = _png(tmp_path / name)
@@ -463,7 +467,7 @@ def test_alpha_sweep_on_constructed_model(tmp_path):
     calls.append(alpha)
     return {'fd/x': 10 * alpha, 'skipped': {'a': 'b'}}
 
-  sweep = figures.alpha_sweep(KEY, model, params, data, alphas,
+  sweep = alpha_sweep.alpha_sweep(KEY, model, params, data, alphas,
                               classify=template_classify, clf_params=clf,
                               fd_fn=fd_fn, batch_size=96)
   coh = np.array(sweep['coherence/cond/mean'])
@@ -479,7 +483,7 @@ def test_alpha_sweep_on_constructed_model(tmp_path):
                    0))
   assert calls == alphas and sweep['fd/x'] == [10 * a for a in alphas]
   assert sweep['alpha'] == alphas and 'skipped' not in sweep
-  path = figures.plot_alpha_sweep(str(tmp_path / 'a.png'), sweep,
+  path = alpha_sweep.plot_alpha_sweep(str(tmp_path / 'a.png'), sweep,
                                   fd_key='fd/x', names=model.names)
   assert _png(path).shape[2] == 3
 
@@ -554,14 +558,14 @@ def test_scatter_reads_latest_metrics_and_plots(tmp_path, capsys):
   _write_metrics(b, 5, {'coherence/cond/mean': 0.6, FID: 60.0,
                         'coherence/uncond': 0.4, 'fid/uncond/mean': 70.0})
   os.makedirs(os.path.join(a, 'eval', '12'))  # a later eval without metrics
-  points = figures.run_points([a, b], coherence_key='coherence/cond/mean',
+  points = scatter.run_points([a, b], coherence_key='coherence/cond/mean',
                               fid_key=FID)
   assert [(p.label, p.step, p.coherence, p.fid) for p in points] == [
       ('run_a', 10, 0.7, 40.0), ('run_b', 5, 0.6, 60.0)]
   one, two = str(tmp_path / 'one.png'), str(tmp_path / 'two.png')
-  assert figures.main(['scatter', '--workdirs', a, b, '--out', one]) == 0
-  assert figures.main([
-      'scatter', '--workdirs', a, b, '--out', two, '--labels', 'A', 'B',
+  assert scatter_cli.main(['--workdirs', a, b, '--out', one]) == 0
+  assert scatter_cli.main([
+      '--workdirs', a, b, '--out', two, '--labels', 'A', 'B',
       '--coherence_key', 'coherence/cond/mean', '--fid_key', FID,
       '--coherence_key', 'coherence/uncond', '--fid_key', 'fid/uncond/mean',
   ]) == 0
@@ -574,18 +578,18 @@ def test_scatter_errors_name_the_run(tmp_path, capsys):
   _write_metrics(a, 1, {'coherence/cond/mean': 0.7, FID: 40.0})
   os.makedirs(os.path.join(c, 'eval', '4'))
   with pytest.raises(FileNotFoundError, match='run_c'):
-    figures.run_points([a, c], coherence_key='coherence/cond/mean',
+    scatter.run_points([a, c], coherence_key='coherence/cond/mean',
                        fid_key=FID)
-  assert figures.main(['scatter', '--workdirs', a, c, '--out',
+  assert scatter_cli.main(['--workdirs', a, c, '--out',
                        str(tmp_path / 'x.png')]) == 1
   err = capsys.readouterr().err
   assert 'run_c' in err and 'metrics.json' in err
   assert not (tmp_path / 'x.png').exists()
   with pytest.raises(KeyError, match='fid/uncond/mean'):
-    figures.run_points([a], coherence_key='coherence/cond/mean',
+    scatter.run_points([a], coherence_key='coherence/cond/mean',
                        fid_key='fid/uncond/mean')
   # A metric the evaluation skipped: the reason is in the message.
   _write_metrics(a, 2, {'coherence/cond/mean': 0.7,
                         'skipped': {'fid': 'no Inception weights'}})
   with pytest.raises(KeyError, match='no Inception weights'):
-    figures.run_points([a], coherence_key='coherence/cond/mean', fid_key=FID)
+    scatter.run_points([a], coherence_key='coherence/cond/mean', fid_key=FID)

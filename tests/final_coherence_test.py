@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from mmvaeplus_jax import models
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers
+from mmvaeplus_jax.evaluation import final_coherence
+from mmvaeplus_jax.experiments import train as train_lib
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import loop
@@ -48,7 +50,7 @@ def test_demo_config_asks_for_final_coherence():
 
 def test_final_coherence_trains_saves_and_reloads_classifiers(
     data_dir, tmp_path, capsys):
-  """`loop.final_coherence` on an untrained model (no training step): the
+  """`final_coherence.final_coherence` on an untrained model (no training step): the
   pairs in [0, 1], the printed table, the classifiers saved for eval.py, and
   the same numbers when they are loaded from `evals.classifier_dir`."""
   config = _config(data_dir)
@@ -62,7 +64,7 @@ def test_final_coherence_trains_saves_and_reloads_classifiers(
       jax.random.key(0), {n: example[n] for n in model.names})))
   args = (model, params, train_src, eval_src, jax.random.key(1), mesh)
 
-  first = loop.final_coherence(config, str(tmp_path / 'run'), *args)
+  first = final_coherence.final_coherence(config, str(tmp_path / 'run'), *args)
   _check_metrics(first)
   assert (f'Cross-modal coherence on {NUM_TEST} test examples'
           in capsys.readouterr().out)
@@ -74,7 +76,7 @@ def test_final_coherence_trains_saves_and_reloads_classifiers(
         first[f'coherence/classifier_test_accuracy/{n}'])
 
   config.evals.classifier_dir = str(clf_dir)
-  again = loop.final_coherence(config, str(tmp_path / 'unused'), *args)
+  again = final_coherence.final_coherence(config, str(tmp_path / 'unused'), *args)
   assert again == pytest.approx(first)
   assert not (tmp_path / 'unused').exists()  # loaded, not trained again
 
@@ -83,10 +85,21 @@ def test_final_coherence_trains_saves_and_reloads_classifiers(
 def test_final_coherence_in_metrics_json(data_dir, tmp_path):
   """The training shell with the option on writes every source -> target
   pair to metrics.json (in [0, 1]) and saves the classifiers."""
-  summary = loop.train_and_evaluate(_config(data_dir), str(tmp_path / 'run'))
+  summary = train_lib.train(_config(data_dir), str(tmp_path / 'run'))
   metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
   assert metrics == pytest.approx(summary)
   assert metrics['step'] == 2
   _check_metrics(metrics)
   params, _ = classifiers.load_classifiers(tmp_path / 'run' / 'classifiers')
   assert sorted(params) == list(NAMES)
+
+
+def test_the_loop_refuses_final_coherence_without_its_evaluator(tmp_path):
+  """`training/` does not import `evaluation/`: a config asking for the
+  end-of-run coherence must be trained through `experiments.train.train`
+  (or be handed the evaluator), never silently without it."""
+  config = polymnist_configs.get_config('smoke')
+  config.train.final_coherence = True
+  with pytest.raises(ValueError, match='experiments.train.train'):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()  # refused before any work

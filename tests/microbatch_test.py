@@ -1,9 +1,10 @@
 """The train step in microbatches (`train.microbatch_size`) equals the step
 on the whole batch.
 
-`step.MicrobatchedTrainStep` draws `train_step`'s noise for the whole batch,
-takes each microbatch's rows of the batch and of the noise (per device: a
-slice of its block of the sharded batch) and sums the microbatches' shares
+`microbatch.MicrobatchedTrainStep` draws `train_step`'s noise for the whole
+batch, takes each microbatch's rows of the batch and of the noise (per
+device: a slice of its block of the sharded batch) and sums the microbatches'
+shares
 -sum(bound) / B of the loss and their gradients. Against the one-call
 reference (-mean(bound) of `model.objective`, same key) only the order of
 float32 additions differs: |a - b| <= c n u sum_i |t_i| with n the batch,
@@ -25,9 +26,11 @@ import pytest
 
 import numerics
 from mmvaeplus_jax import models
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.training import microbatch as microbatch_lib
 from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax import train_state
 
 LOSS_RTOL = 1e-5
 GRAD_REL_L2 = 1e-4
@@ -37,7 +40,7 @@ def test_resolve_microbatch_automatic_and_explicit():
   def r(setting, b, k=1, m=5, platform='cpu', width=1.0, name='polymnist'):
     limits = models.cpu_microbatch_limits(
         ml_collections.ConfigDict(dict(name=name, width=width)))
-    return step_lib.resolve_microbatch(
+    return microbatch_lib.resolve_microbatch(
         setting, b, num_samples=k, num_modalities=m, platform=platform,
         limits=limits)
 
@@ -59,10 +62,10 @@ def test_noise_batch_axes():
   config = polymnist_configs.get_config('smoke,model=mvae')
   config.model.num_modalities = 3
   model = models.get_model(config.model)
-  axes = step_lib.noise_batch_axes(model, 2, 8, (('mvae_subsets', 1),))
+  axes = microbatch_lib.noise_batch_axes(model, 2, 8, (('mvae_subsets', 1),))
   assert axes == {'subsets': -1, 'z': 2}  # subsets: shared by the batch
   model = models.get_model(polymnist_configs.get_config('smoke').model)
-  axes = step_lib.noise_batch_axes(model, 2, 8)
+  axes = microbatch_lib.noise_batch_axes(model, 2, 8)
   assert (axes.w, axes.z, axes.aux) == (2, 2, 3)
 
 
@@ -74,7 +77,7 @@ def _setup(kind, num_devices, batch_size):
     config.objective.mvae_subsets = 1
   config.train.batch_size = batch_size
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
   rng = np.random.default_rng(0)
   host = {n: (rng.integers(0, 256, (batch_size, 28, 28, 3)) / 255.0).astype(
@@ -89,7 +92,7 @@ def _setup(kind, num_devices, batch_size):
 def _reference(config, model):
   """(params, batch, key) -> `train_step`'s (loss, gradient) in one call."""
   o = config.objective
-  options = step_lib.objective_options(o, model)
+  options = models.objective_options(o, model)
 
   def loss_fn(p, batch, key):
     return -jnp.mean(model.objective(
@@ -104,10 +107,10 @@ def _check(kind, num_devices, batch_size, microbatch):
                                                  batch_size)
   config.train.microbatch_size = microbatch
   train_fn = step_lib.jit_train_step(config, model, tx, mesh)
-  assert isinstance(train_fn, step_lib.MicrobatchedTrainStep)
+  assert isinstance(train_fn, microbatch_lib.MicrobatchedTrainStep)
   assert train_fn.num_microbatches == batch_size // num_devices // microbatch
   batch = parallel.global_batch(mesh, host)
-  state = step_lib.TrainState(
+  state = train_state.TrainState(
       step=jnp.int32(3), params=params, opt_state=tx.init(params),
       nonfinite_consecutive=jnp.int32(0), nonfinite_total=jnp.int32(0))
   state = jax.device_put(state, parallel.replicated(mesh))
@@ -151,7 +154,7 @@ def test_bad_microbatch_size_is_one_clear_error():
   config = polymnist_configs.get_config('smoke')
   config.train.update(batch_size=8, microbatch_size=3)
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   mesh = parallel.make_mesh(jax.devices()[:1])
   with pytest.raises(ValueError, match='microbatch_size=3'):
     step_lib.jit_train_step(config, model, tx, mesh)

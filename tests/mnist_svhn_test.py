@@ -19,17 +19,17 @@ import pytest
 import scipy.io
 
 from mmvaeplus_jax import generation
-from mmvaeplus_jax import plotting
+from mmvaeplus_jax.infra import plotting
 from mmvaeplus_jax.configs import mnist_svhn as mnist_svhn_config
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import runner
+from mmvaeplus_jax.experiments import train as train_lib
 from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.input import mnist_files
 from mmvaeplus_jax.input import mnist_svhn_data
-from mmvaeplus_jax.input import polymnist_data
 from mmvaeplus_jax.models import get_model
-from mmvaeplus_jax.models import mmvaeplus
 from mmvaeplus_jax.models import mnist_svhn
-from mmvaeplus_jax.training import loop
+from mmvaeplus_jax.models import networks
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 # Published SVHN format-2 class counts of digits 0..9 (the .mat files store
@@ -63,7 +63,7 @@ def _write_fixture(root, *, svhn=True):
   (root / 'svhn').mkdir()
   for split, (mnist_counts, svhn_counts) in FIXTURE_COUNTS.items():
     labels = _labels(rng, mnist_counts)
-    images_name, labels_name = polymnist_data.MNIST_FILES[split]
+    images_name, labels_name = mnist_files.MNIST_FILES[split]
     _write_idx(root / 'mnist' / images_name,
                rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8))
     _write_idx(root / 'mnist' / labels_name, labels)
@@ -275,7 +275,7 @@ def test_mmvae_networks_parameter_counts(dim_w):
       arch='mmvae')
   params = jax.eval_shape(model.init, jax.random.key(0), _batch())
   want = _torch_counts(dim_w, 20)
-  count = mmvaeplus.count_params
+  count = networks.count_params
   assert count(params['encoders']['mnist']) == want['mnist_enc']
   assert count(params['decoders']['mnist']) == want['mnist_dec']
   assert count(params['encoders']['svhn']) == want['svhn_enc']
@@ -464,7 +464,7 @@ def test_smoke_config_trains_with_final_coherence(tmp_path):
   config = mnist_svhn_config.get_config('smoke')
   config.data.update(manual_dir=str(manual), data_dir=str(tmp_path / 'tfds'))
   config.train.update(final_coherence=True, final_coherence_clf_epochs=1)
-  metrics = loop.train_and_evaluate(config, str(tmp_path / 'work'))
+  metrics = train_lib.train(config, str(tmp_path / 'work'))
   assert np.isfinite(metrics['eval/bound'])
   assert 0.0 <= metrics['coherence/cond/mnist->svhn'] <= 1.0
   assert sorted(p.name for p in (tmp_path / 'work' / 'samples').iterdir()) == [

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from mmvaeplus_jax import models
-from mmvaeplus_jax import runs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax.infra import rundir
+from mmvaeplus_jax import train_state
 import toy_models
 
 POLYMNIST_MODELS = tuple(n for n in models.MODEL_NAMES
@@ -49,11 +50,11 @@ def smoke_config(name, data_dir):
 def test_every_model_through_every_evaluator(name, data_dir, tmp_path):
   config = smoke_config(name, data_dir)
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   workdir = tmp_path / 'run'
   state = toy_models.save_random_checkpoint(model, tx,
                                            workdir / 'checkpoints', 2)
-  runs.save_config(config, str(workdir))
+  rundir.save_config(config, str(workdir))
   clf_dir = tmp_path / 'clf'
   classifiers.save_classifiers(clf_dir, {
       n: classifiers.init(jax.random.key(i))

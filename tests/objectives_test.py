@@ -10,8 +10,10 @@ from scipy import special, stats
 
 import numerics
 import toy_models
-from mmvaeplus_jax import estimators, objectives
-from mmvaeplus_jax.models import mmvaeplus, polymnist
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.core import objectives
+from mmvaeplus_jax.core import types
+from mmvaeplus_jax.models import polymnist
 
 
 def _np(x):
@@ -292,7 +294,7 @@ def test_bad_noise_shape_raises():
   with pytest.raises(ValueError, match=r'noise.w must have shape'):
     jax.eval_shape(
         lambda p: estimators.objective(model, p, batch, noise), params)
-  noise = mmvaeplus.Noise(w=jnp.zeros((3, 0, 2, 4)), z=jnp.zeros((3, 0, 2, 4)),
+  noise = types.Noise(w=jnp.zeros((3, 0, 2, 4)), z=jnp.zeros((3, 0, 2, 4)),
                           aux=jnp.zeros((3, 3, 0, 2, 4)))
   with pytest.raises(ValueError, match=r'K must be >= 1'):
     jax.eval_shape(

@@ -1,4 +1,4 @@
-"""oneDNN convolutions (`model.conv_impl='onednn'`, mmvaeplus_jax/onednn.py).
+"""oneDNN convolutions (`model.conv_impl='onednn'`, mmvaeplus_jax/infra/onednn.py).
 
 Error bound (as tests/conv_test.py): each output element of a convolution
 and of its two gradients is a sum of n products (k * k * C for the value,
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmvaeplus_jax import estimators
-from mmvaeplus_jax import onednn
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.infra import onednn
 from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import polymnist
 
@@ -44,6 +44,10 @@ _REASON = _why_unavailable()
 needs_onednn = pytest.mark.skipif(
     _REASON is not None,
     reason=f'oneDNN convolutions unavailable here: {_REASON}')
+_BF16_REASON = _REASON or onednn.bf16_unsupported()
+needs_onednn_bf16 = pytest.mark.skipif(
+    _BF16_REASON is not None,
+    reason=f'oneDNN bf16 convolutions unavailable here: {_BF16_REASON}')
 
 # (N, H, W, C, O, kernel, stride, padding): the networks' layer kinds and
 # the rest of what the module supports.
@@ -108,7 +112,7 @@ def test_layer_value_and_gradients_within_reassociation(i):
     assert bound < 0.05 * np.linalg.norm(np.asarray(b)), name
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_bfloat16_operands():
   """bf16 operands: oneDNN multiplies them exactly and accumulates in
   float32, then rounds to bf16 (relative 2^-8 per element) for a bf16
@@ -249,6 +253,21 @@ def test_config_errors_name_the_fix(monkeypatch, tmp_path):
 
 
 @needs_onednn
+def test_bf16_is_refused_where_the_cpu_has_no_bf16_kernels(monkeypatch):
+  """'onednn_bf16' on a CPU whose oneDNN has no bf16 convolution (AVX2-only)
+  stops when the model is built, naming the alternatives, instead of
+  failing inside the first step; where the kernels exist it is accepted."""
+  if onednn.bf16_unsupported() is None:
+    assert conv_lib.resolve_conv(-1, 'onednn_bf16', platform='cpu') == (
+        conv_lib.ONEDNN_BF16)
+    monkeypatch.setattr(onednn, 'bf16_unsupported',
+                        lambda: 'oneDNN has no bf16 convolution on this CPU')
+  with pytest.raises(ValueError, match=r"no bf16 convolution on this CPU.*"
+                     r"conv_impl='onednn' \(float32 operands\) or 'xla'"):
+    conv_lib.resolve_conv(-1, 'onednn_bf16', platform='cpu')
+
+
+@needs_onednn_bf16
 @pytest.mark.parametrize('i', [1, 4])  # bf16 weight gradient, float32 one
 def test_bf16_operands_equal_float32_convolution_of_rounded_operands(i):
   """`conv_impl='onednn_bf16'`: float32 in and out, operands (and the output
@@ -289,7 +308,7 @@ def test_bf16_operands_equal_float32_convolution_of_rounded_operands(i):
   assert _rel_excess(ref(x, wt), y0, bound) > 10
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_bf16_operands_model_within_bf16_bound():
   """The whole MMVAE+ objective and gradient with bf16 convolution operands
   against float32 XLA. Each operand is rounded with relative error

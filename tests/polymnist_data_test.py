@@ -1,4 +1,5 @@
-"""Tests of PolyMNIST creation (`polymnist_data`) and the TFDS builder.
+"""Tests of PolyMNIST creation (`polymnist_data`, with `mnist_files` and
+`polymnist_official`) and the TFDS builder.
 
 Tiny fixtures (IDX files, JPEG backgrounds, published-layout PNGs) are
 written into tmp_path; the `mini` config builds from files shipped in the
@@ -15,7 +16,9 @@ import pytest
 from PIL import Image
 
 from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.input import mnist_files
 from mmvaeplus_jax.input import polymnist_data
+from mmvaeplus_jax.input import polymnist_official
 
 MODALITIES = polymnist_data.MODALITIES
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
@@ -42,7 +45,7 @@ def _write_fixture(root, num_train=30, num_test=20):
   rng = np.random.default_rng(1234)
   (root / 'mnist').mkdir(parents=True)
   for split, n in (('train', num_train), ('test', num_test)):
-    images_name, labels_name = polymnist_data.MNIST_FILES[split]
+    images_name, labels_name = mnist_files.MNIST_FILES[split]
     _write_idx(root / 'mnist' / images_name, _digits(rng, n))
     _write_idx(root / 'mnist' / labels_name, np.arange(n) % 10)
   folder = root / polymnist_data.BACKGROUNDS_SUBDIR
@@ -60,7 +63,7 @@ def _fixture_dir(tmp_path):
 
 @pytest.fixture(name='inputs')
 def _inputs(fixture_dir):
-  digits, labels = polymnist_data.load_mnist(fixture_dir, 'train')
+  digits, labels = mnist_files.load_mnist(fixture_dir, 'train')
   backgrounds = polymnist_data.load_backgrounds(
       fixture_dir / polymnist_data.BACKGROUNDS_SUBDIR)
   return digits, labels, backgrounds
@@ -79,7 +82,7 @@ def _sorted_rows(data):
 
 
 def test_load_mnist_reads_fixture(fixture_dir):
-  images, labels = polymnist_data.load_mnist(fixture_dir, 'test')
+  images, labels = mnist_files.load_mnist(fixture_dir, 'test')
   assert images.shape == (20, 28, 28) and images.dtype == np.uint8
   assert labels.dtype == np.int64
   np.testing.assert_array_equal(labels, np.arange(20) % 10)
@@ -89,7 +92,7 @@ def test_read_idx_accepts_uncompressed(tmp_path):
   array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
   _write_idx(tmp_path / 'x-idx3-ubyte', array, gz=False)
   np.testing.assert_array_equal(
-      polymnist_data.read_idx(tmp_path / 'x-idx3-ubyte'), array)
+      mnist_files.read_idx(tmp_path / 'x-idx3-ubyte'), array)
 
 
 def test_find_backgrounds_sorted(fixture_dir):
@@ -101,15 +104,15 @@ def test_find_backgrounds_sorted(fixture_dir):
 
 
 def test_parse_and_sort_official_names(tmp_path):
-  assert polymnist_data.parse_official_name('12.7.png') == (12, 7)
+  assert polymnist_official.parse_official_name('12.7.png') == (12, 7)
   for bad in ('12.png', 'a.7.png', '1.10.png', '1.2.3.png'):
     with pytest.raises(ValueError):
-      polymnist_data.parse_official_name(bad)
+      polymnist_official.parse_official_name(bad)
   for m in MODALITIES:
     (tmp_path / m).mkdir()
     for name in ('10.0.png', '2.1.png', '2.0.png', '1.5.png'):
       Image.new('RGB', (28, 28)).save(tmp_path / m / name)
-  assert polymnist_data.list_official_split(tmp_path) == [
+  assert polymnist_official.list_official_split(tmp_path) == [
       (1, 5), (2, 0), (2, 1), (10, 0)]
 
 
@@ -218,7 +221,7 @@ def test_truncated_gz_names_the_file(fixture_dir):
   path.write_bytes(path.read_bytes()[:200])
   with pytest.raises(polymnist_data.InputFileError,
                      match=r'train-images-idx3-ubyte\.gz.*gzip.*MNIST'):
-    polymnist_data.load_mnist(fixture_dir, 'train')
+    mnist_files.load_mnist(fixture_dir, 'train')
 
 
 def test_wrong_magic_number_names_the_file(fixture_dir):
@@ -226,7 +229,7 @@ def test_wrong_magic_number_names_the_file(fixture_dir):
   _write_idx(path, np.arange(20) % 10, magic_type=0x0D)  # float IDX
   with pytest.raises(polymnist_data.InputFileError,
                      match=r't10k-labels-idx1-ubyte\.gz.*magic'):
-    polymnist_data.load_mnist(fixture_dir, 'test')
+    mnist_files.load_mnist(fixture_dir, 'test')
 
 
 def test_size_mismatch_and_count_mismatch(fixture_dir):
@@ -234,20 +237,20 @@ def test_size_mismatch_and_count_mismatch(fixture_dir):
   raw = gzip.decompress(images.read_bytes())
   images.write_bytes(gzip.compress(raw[:-5]))
   with pytest.raises(polymnist_data.InputFileError, match='size mismatch'):
-    polymnist_data.read_mnist_images(images)
+    mnist_files.read_mnist_images(images)
   labels = fixture_dir / 'mnist' / 'train-labels-idx1-ubyte.gz'
   _write_idx(labels, np.arange(29) % 10)
   images.write_bytes(gzip.compress(raw))
   with pytest.raises(polymnist_data.InputFileError,
                      match=r'train-labels-idx1-ubyte\.gz: 29 labels'):
-    polymnist_data.load_mnist(fixture_dir, 'train')
+    mnist_files.load_mnist(fixture_dir, 'train')
 
 
 def test_missing_mnist_file_names_it(fixture_dir):
   (fixture_dir / 'mnist' / 't10k-images-idx3-ubyte.gz').unlink()
   with pytest.raises(polymnist_data.InputFileError,
                      match=r't10k-images-idx3-ubyte\.gz: file not found'):
-    polymnist_data.load_mnist(fixture_dir, 'test')
+    mnist_files.load_mnist(fixture_dir, 'test')
 
 
 def test_wrong_number_of_backgrounds(fixture_dir):
@@ -274,7 +277,7 @@ def test_rebuilt_builder_matches_make_polymnist(fixture_dir, tmp_path):
   for split, split_index in (('train', 0), ('test', 1)):
     data = builders.load_split(
         'polymnist/rebuilt', split, data_dir, manual_dir=fixture_dir)
-    digits, labels = polymnist_data.load_mnist(fixture_dir, split)
+    digits, labels = mnist_files.load_mnist(fixture_dir, split)
     backgrounds = polymnist_data.load_backgrounds(
         fixture_dir / polymnist_data.BACKGROUNDS_SUBDIR)
     expected = polymnist_data.make_polymnist(
@@ -394,7 +397,7 @@ def test_mini_inputs():
     not (SHARED_DATA / 'mnist').is_dir(),
     reason=f'real MNIST / backgrounds not available at {SHARED_DATA}')
 def test_real_mnist_backgrounds_and_mini_digits():
-  images, labels = polymnist_data.load_mnist(SHARED_DATA / 'mnist', 'test')
+  images, labels = mnist_files.load_mnist(SHARED_DATA / 'mnist', 'test')
   assert images.shape == (10000, 28, 28)
   np.testing.assert_array_equal(
       np.bincount(labels),
@@ -408,7 +411,7 @@ def test_real_mnist_backgrounds_and_mini_digits():
       images[:500], labels[:500], backgrounds, seed=0)
   assert out['m0'].shape == (500, 28, 28, 3)
   # The demo digits are real MNIST train digits.
-  train, train_labels = polymnist_data.load_mnist(
+  train, train_labels = mnist_files.load_mnist(
       SHARED_DATA / 'mnist', 'train')
   lookup = {row.tobytes(): label
             for row, label in zip(train.reshape(-1, 784), train_labels)}

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmvaeplus_jax import estimators
-from mmvaeplus_jax.models import mmvaeplus, polymnist
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.models import networks
+from mmvaeplus_jax.models import polymnist
 
 # official_reference.md section 3: per encoder 2,946,048, per decoder
 # 1,485,251, plus 32 auxiliary-prior logits per modality.
@@ -23,11 +24,11 @@ def _batch(model, b):
 def test_full_width_parameter_count():
   model = polymnist.make_mmvaeplus()
   shapes = jax.eval_shape(model.init, jax.random.key(0), _batch(model, 2))
-  assert mmvaeplus.count_params(shapes) == OFFICIAL_TRAINABLE
-  assert mmvaeplus.count_params(shapes['encoders']['m0']) == 2_946_048
-  assert mmvaeplus.count_params(shapes['decoders']['m0']) == 1_485_251
+  assert networks.count_params(shapes) == OFFICIAL_TRAINABLE
+  assert networks.count_params(shapes['encoders']['m0']) == 2_946_048
+  assert networks.count_params(shapes['decoders']['m0']) == 1_485_251
   branch = shapes['encoders']['m0']['w']
-  assert mmvaeplus.count_params(branch) == 1_473_024
+  assert networks.count_params(branch) == 1_473_024
   assert branch['loc']['kernel'].shape == (12_544, 32)  # 256 * 7 * 7
   assert shapes['decoders']['m0']['fc']['kernel'].shape == (64, 12_544)
   assert shapes['aux_prior']['m3'].shape == (32,)
@@ -76,7 +77,7 @@ def test_full_width_value_and_grad_is_finite():
   model = polymnist.make_mmvaeplus()
   batch = _batch(model, 2)
   params = model.init(jax.random.key(0), batch)
-  assert mmvaeplus.count_params(params) == OFFICIAL_TRAINABLE
+  assert networks.count_params(params) == OFFICIAL_TRAINABLE
 
   @jax.jit
   def loss_and_grad(params, key):

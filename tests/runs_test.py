@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import mmvaeplus_jax
-from mmvaeplus_jax import runs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.configs import run as run_config
 import toy_models
-from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax.infra import rundir
+from mmvaeplus_jax import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,34 +24,34 @@ def _config():
 
 def test_config_round_trip_and_model_guard(tmp_path):
   config = _config()
-  path = runs.save_config(config, str(tmp_path))
+  path = rundir.save_config(config, str(tmp_path))
   assert pathlib.Path(path) == tmp_path / 'config.json'
-  loaded = runs.load_config(str(tmp_path))
+  loaded = rundir.load_config(str(tmp_path))
   assert loaded.to_dict() == config.to_dict()  # tuples restored too
   assert isinstance(loaded.evals.alpha_sweep, tuple)
   assert run_config.get_config(str(tmp_path)).to_dict() == config.to_dict()
   # Resuming with other training settings is fine ...
   config.train.num_steps = 99
-  runs.save_config(config, str(tmp_path))
-  assert runs.load_config(str(tmp_path)).train.num_steps == 99
+  rundir.save_config(config, str(tmp_path))
+  assert rundir.load_config(str(tmp_path)).train.num_steps == 99
   # ... with another model is not: the checkpoint would not fit it.
   config.model.dim_w = 7
   with pytest.raises(ValueError, match=r"another model config.*dim_w"):
-    runs.save_config(config, str(tmp_path))
+    rundir.save_config(config, str(tmp_path))
   with pytest.raises(FileNotFoundError, match='config.json'):
-    runs.load_config(str(tmp_path / 'nothing'))
+    rundir.load_config(str(tmp_path / 'nothing'))
   with pytest.raises(ValueError, match='run.py:<workdir>'):
     run_config.get_config('')
 
 
 def test_load_run_restores_the_checkpoint(tmp_path):
   config = _config()
-  model = runs.model_of(config)
-  tx = step_lib.make_optimizer(config.optim)
+  model = train_state.model_of(config)
+  tx = train_state.make_optimizer(config.optim)
   state = toy_models.save_random_checkpoint(model, tx,
                                            tmp_path / 'checkpoints', 5)
   params = state.params
-  runs.save_config(config, str(tmp_path))
+  rundir.save_config(config, str(tmp_path))
 
   run = mmvaeplus_jax.load_run(str(tmp_path))
   assert run.step == 5
@@ -64,9 +64,9 @@ def test_load_run_restores_the_checkpoint(tmp_path):
 
 
 def test_eval_py_defaults_to_the_runs_config():
-  source = (REPO / 'eval.py').read_text()
+  source = (REPO / 'mmvaeplus_jax/tools/evaluate.py').read_text()
   assert 'configs/run.py' in source and 'workdir_from_argv' in source
-  parse = runs.workdir_from_argv
+  parse = rundir.workdir_from_argv
   assert parse(['eval.py', '--workdir=runs/a']) == 'runs/a'
   assert parse(['eval.py', '--workdir', 'runs/b', '--step=3']) == 'runs/b'
   assert parse(['eval.py', '--config=x.py']) is None

@@ -28,12 +28,13 @@ import numpy as np
 import pytest
 
 import numerics
-from mmvaeplus_jax import estimators
+from mmvaeplus_jax.core import estimators
 from mmvaeplus_jax import models
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.models import polymnist
 from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax import train_state
 
 TINY = dict(num_modalities=2, dim_w=4, dim_z=4, width=0.0625)
 BOUND_RTOL_BF16 = 5e-4  # measured worst 8.8e-5 (module docstring)
@@ -142,7 +143,7 @@ def test_train_step_compiles_once_on_the_8_device_mesh():
   config.model.num_modalities = 2
   config.objective.update(num_samples=1, estimator='iwae')  # fast compile
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   mesh = parallel.make_mesh()
   assert mesh.devices.size == 8  # tests/conftest.py
   b = config.train.batch_size
@@ -155,7 +156,7 @@ def test_train_step_compiles_once_on_the_8_device_mesh():
   params = jax.tree.map(
       lambda s: (0.05 * rng.uniform(-1, 1, s.shape)).astype(s.dtype), shapes)
   zero = np.zeros((), np.int32)
-  state = step_lib.TrainState(step=zero, params=params,
+  state = train_state.TrainState(step=zero, params=params,
                               opt_state=tx.init(params),
                               nonfinite_consecutive=zero, nonfinite_total=zero)
   state = jax.device_put(jax.tree.map(np.asarray, state),

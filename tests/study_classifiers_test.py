@@ -25,9 +25,12 @@ def _built(kept):
 
 
 def test_the_study_uses_the_kept_sets():
-  from mmvaeplus_jax import study  # pylint: disable=g-import-not-at-top
-  fig1 = study.load_study(str(REPO / 'studies' / 'polymnist_cpu.py')
-                          + ':fig1')
+  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.experiments import records
+  from mmvaeplus_jax.experiments import study
+  # pylint: enable=g-import-not-at-top
+  fig1 = records.load_study(str(REPO / 'studies' / 'polymnist_cpu.py')
+                            + ':fig1')
   assert {c.config.evals.classifier_dir for c in fig1.cells} == {str(SET)}
   assert fig1.rescore == (('clf_seed1', str(OTHER)),)
   metas = [json.loads((k / classifiers.METADATA_FILE).read_text())

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from mmvaeplus_jax import study as study_lib
-from mmvaeplus_jax import study_report
+from mmvaeplus_jax.experiments import records as records_lib
+from mmvaeplus_jax.experiments import study as study_lib
+from mmvaeplus_jax.experiments import study_report
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 
 
@@ -18,9 +19,10 @@ def _finished_study(root, rescore=(), records=None):
   for name in ('a', 'b'):
     c = polymnist_configs.get_config('smoke')
     c.evals.classifier_dir = 'clf_a'
-    cells.append(study_lib.Cell(name, c))
-  study = study_lib.Study('t', tuple(cells), seeds=(0, 1),
-                          metrics=('coherence/cond/mean',), rescore=rescore)
+    cells.append(records_lib.Cell(name, c))
+  study = records_lib.Study('t', tuple(cells), seeds=(0, 1),
+                            metrics=('coherence/cond/mean',),
+                            rescore=rescore)
 
   cell_of = lambda workdir: os.path.basename(os.path.dirname(workdir))
 
@@ -159,7 +161,7 @@ def test_rescore_writes_back_into_the_records(tmp_path):
                        log=lambda m: None, records=str(records))
   assert calls == ['s1'] * 3
   for path in (records / 'b' / 'seed0.json',
-               tmp_path / 'root' / 'b' / 'seed0' / study_lib.DONE_FILE):
+               tmp_path / 'root' / 'b' / 'seed0' / records_lib.DONE_FILE):
     rec = json.loads(path.read_text())
     assert rec['rescored'] == {'s1': {'step': 7,
                                       'coherence/cond/mean': 0.25}}

@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from mmvaeplus_jax import study as study_lib
+from mmvaeplus_jax.experiments import records as records_lib
+from mmvaeplus_jax.experiments import study as study_lib
+from mmvaeplus_jax.experiments import study_report
+from mmvaeplus_jax.tools import study as study_tool
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 
 
@@ -21,8 +24,8 @@ def _study(classifier_dir='x'):
     c = polymnist_configs.get_config('smoke')
     c.objective.beta = beta
     c.evals.classifier_dir = classifier_dir  # no classifier training here
-    cells.append(study_lib.Cell(name, c))
-  return study_lib.Study('tiny', tuple(cells), seeds=(0, 1),
+    cells.append(records_lib.Cell(name, c))
+  return records_lib.Study('tiny', tuple(cells), seeds=(0, 1),
                          metrics=('m', 'train_only'))
 
 
@@ -89,23 +92,24 @@ def test_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
 def test_load_study_and_overrides(tmp_path):
   path = tmp_path / 'my_study.py'
   path.write_text(
-      'from mmvaeplus_jax import study\n'
+      'from mmvaeplus_jax.experiments import records\n'
       'from mmvaeplus_jax.configs import polymnist\n'
       'def get_study(arg):\n'
       '  c = polymnist.get_config("smoke")\n'
-      '  return study.Study(arg or "s", (study.Cell("c", c),), (0,), ("m",))\n')
-  s = study_lib.load_study(f'{path}:named', ['data.manual_dir=/d',
+      '  return records.Study(arg or "s", (records.Cell("c", c),), (0,),\n'
+      '                       ("m",))\n')
+  s = records_lib.load_study(f'{path}:named', ['data.manual_dir=/d',
                                             'train.num_steps=3'])
   assert s.name == 'named'
   assert s.cells[0].config.data.manual_dir == '/d'
   assert s.cells[0].config.train.num_steps == 3
   with pytest.raises(ValueError, match='unknown config key'):
-    study_lib.load_study(str(path), ['data.nope=1'])
+    records_lib.load_study(str(path), ['data.nope=1'])
   with pytest.raises(ValueError, match='unique'):
-    study_lib.Study('s', (_study().cells[0],) * 2, (0,), ())
+    records_lib.Study('s', (_study().cells[0],) * 2, (0,), ())
   with pytest.raises(FileNotFoundError):
-    study_lib.load_study(str(tmp_path / 'absent.py'))
-  assert np.isnan(study_lib.summarise(
+    records_lib.load_study(str(tmp_path / 'absent.py'))
+  assert np.isnan(records_lib.summarise(
       _study(), [{'cell': 'a', 'eval': {'m': 1.0}, 'train': {}}])['a']['m'][1])
 
 
@@ -119,7 +123,7 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
   from mmvaeplus_jax.training import loop  # pylint: disable=g-import-not-at-top
   spec = str(pathlib.Path(__file__).resolve().parents[1]
              / 'studies' / 'polymnist_cpu.py') + ':tiny'
-  study = study_lib.load_study(spec, [f'data.data_dir={data_dir}'])
+  study = records_lib.load_study(spec, [f'data.data_dir={data_dir}'])
   assert [c.name for c in study.cells] == ['mmvaeplus', 'mmvae']
   trained = []
 
@@ -142,7 +146,7 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
     assert n == 2 and 0.0 <= mean <= 1.0
     assert math.isfinite(table[cell]['eval/bound'][0])
   assert (tmp_path / 'classifiers').is_dir()  # trained once for the study
-  record = json.loads((tmp_path / 'mmvae' / 'seed1' / study_lib.DONE_FILE)
+  record = json.loads((tmp_path / 'mmvae' / 'seed1' / records_lib.DONE_FILE)
                       .read_text())
   assert set(record['evaluator_seconds']) == {'bound', 'coherence', 'grids'}
   assert all(s >= 0 for s in record['evaluator_seconds'].values())
@@ -151,7 +155,6 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
   # The report's figures (real grids copied) and a re-score with the same
   # classifiers: the same coherence, in eval/<step>-<tag>/, the main
   # evaluation untouched.
-  from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
   files = study_report.write_figures(study, str(tmp_path),
                                      str(tmp_path / 'figs'))
   assert {'grid_mmvaeplus.png', 'grid_mmvae.png', 'scatter.png'} <= set(files)
@@ -166,7 +169,7 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
 
   # Reproduction (docs/results.md): one run retrained from scratch in a
   # fresh root with --cells/--seeds gives its record's numbers bit for bit.
-  again = study_lib.load_study(spec, [
+  again = records_lib.load_study(spec, [
       f'data.data_dir={data_dir}',
       f'evals.classifier_dir={tmp_path / "classifiers"}'])
   trained.clear()
@@ -175,7 +178,7 @@ def test_tiny_study_end_to_end_resumes(data_dir, tmp_path):
                       cells=['mmvae'], seeds=[1])
   assert len(trained) == 1
   rerun = json.loads((tmp_path / 'again' / 'mmvae' / 'seed1' /
-                      study_lib.DONE_FILE).read_text())
+                      records_lib.DONE_FILE).read_text())
   assert rerun['eval'] == record['eval'] and len(record['eval']) > 10
 
 
@@ -193,7 +196,7 @@ def test_classifiers_of_an_earlier_start_are_reused(tmp_path, monkeypatch):
 
   monkeypatch.setattr(classifiers, 'train_and_evaluate', no_training)
   assert study_lib.ensure_classifiers(study, str(tmp_path)) == str(out)
-  config = study_lib.run_config(study.cells[0], 1, str(out))
+  config = records_lib.run_config(study.cells[0], 1, str(out))
   assert config.evals.classifier_dir == str(out) and config.seed == 1
 
 
@@ -216,7 +219,7 @@ def test_an_interrupted_run_is_neither_evaluated_nor_finished(tmp_path):
   study_lib.run_study(study, str(tmp_path), train=sigterm_once,
                       evaluate=evaluate, log=lines.append)
   assert calls == [('stopped',)] and 'SIGTERM' in lines[-1]
-  assert not (tmp_path / 'a' / 'seed0' / study_lib.DONE_FILE).exists()
+  assert not (tmp_path / 'a' / 'seed0' / records_lib.DONE_FILE).exists()
   study_lib.run_study(study, str(tmp_path), train=sigterm_once,
                       evaluate=evaluate, log=lambda m: None)
   assert [c for c in calls if c[0] == 'eval'] == [
@@ -324,7 +327,7 @@ def test_drivers_sharing_a_root_train_different_runs(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   study = _study()
-  lock = tmp_path / 'b' / 'seed0' / study_lib.LOCK_FILE
+  lock = tmp_path / 'b' / 'seed0' / records_lib.LOCK_FILE
   lock.parent.mkdir(parents=True)
   other = subprocess.Popen(
       [sys.executable, '-c',
@@ -389,7 +392,6 @@ def test_seeds_restricts_training(tmp_path):
 def test_cli_passes_cells_seeds_and_grid_file(tmp_path, monkeypatch):
   """The command line reaches run_study and the report unchanged."""
   import pathlib  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax import study_report  # pylint: disable=g-import-not-at-top
   spec = str(pathlib.Path(__file__).parents[1] / 'studies' /
              'polymnist_cpu.py') + ':fig1'
   seen = {}
@@ -409,16 +411,16 @@ def test_cli_passes_cells_seeds_and_grid_file(tmp_path, monkeypatch):
                       lambda *a, **kw: 'tables.md')
   root = str(tmp_path / 'root')
   os.makedirs(root)
-  study_lib.main(['--study', spec, '--root', root,
+  study_tool.main(['--study', spec, '--root', root,
                   '--cells=mvae_beta1,mmvae_beta1', '--seeds=2'])
   assert seen['run'] == ('polymnist_cpu:fig1',
                          ['mvae_beta1', 'mmvae_beta1'], [2])
-  study_lib.main(['--study', spec, '--root', root,
+  study_tool.main(['--study', spec, '--root', root,
                   '--report', str(tmp_path / 'r'),
                   '--grid_file=cross_modal_m3.png'])
   assert seen['figures']['grid_file'] == 'cross_modal_m3.png'
   with pytest.raises(SystemExit):
-    study_lib.main(['--study', spec, '--root', root, '--seeds=two'])
+    study_tool.main(['--study', spec, '--root', root, '--seeds=two'])
 
 
 def test_gpu_study_definition():
@@ -426,8 +428,8 @@ def test_gpu_study_definition():
   MMVAE, sized by wall time, scored with the CPU study's kept classifiers."""
   import pathlib  # pylint: disable=g-import-not-at-top
   studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
-  gpu = study_lib.load_study(str(studies / 'polymnist_gpu.py') + ':2024')
-  cpu = study_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
+  gpu = records_lib.load_study(str(studies / 'polymnist_gpu.py') + ':2024')
+  cpu = records_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
   assert [c.name for c in gpu.cells] == ['mmvaeplus', 'mmvae']
   assert gpu.metrics == cpu.metrics and gpu.seeds == (0,)
   for cell in gpu.cells:
@@ -440,7 +442,7 @@ def test_gpu_study_definition():
     assert c.evals.num_examples == 10000
   assert gpu.cells[0].config.model.dim_w == 32
   assert gpu.cells[1].config.model.dim_w == 0
-  short = study_lib.load_study(str(studies / 'polymnist_gpu.py')
+  short = records_lib.load_study(str(studies / 'polymnist_gpu.py')
                                + ':2024,train_s=60,models=mmvaeplus')
   assert [c.config.train.max_train_seconds for c in short.cells] == [60.0]
 

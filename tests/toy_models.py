@@ -4,8 +4,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import distributions
+from mmvaeplus_jax.core import distributions
 from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax import train_state
 
 
 class LinearEncoder(nn.Module):
@@ -72,8 +73,7 @@ def save_random_checkpoint(model, tx, directory, step):
   would cost minutes on a busy 2-core CPU; evaluation tests need only a
   checkpoint of the right structure."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax.infra import checkpointing  # pylint: disable=g-import-not-at-top
   example = {m.name: np.zeros((1,) + tuple(m.event_shape), np.float32)
              for m in model.modalities}
   abstract = jax.eval_shape(model.init, jax.random.key(0), example)
@@ -83,7 +83,7 @@ def save_random_checkpoint(model, tx, directory, step):
           np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100), s.dtype),
       abstract)
   zero = jnp.zeros((), jnp.int32)
-  state = step_lib.TrainState(
+  state = train_state.TrainState(
       step=jnp.int32(step), params=params, opt_state=tx.init(params),
       nonfinite_consecutive=zero, nonfinite_total=zero)
   manager = checkpointing.make_manager(str(directory))

@@ -17,11 +17,14 @@ from PIL import Image
 import pytest
 
 import numerics
-from mmvaeplus_jax import models, parallel
+from mmvaeplus_jax import models
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
-from mmvaeplus_jax.evaluation import classifiers, runner
+from mmvaeplus_jax.evaluation import classifiers
+from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.training import loop
 from mmvaeplus_jax.training import step as step_lib
+from mmvaeplus_jax import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,10 +49,10 @@ def _random_batches(n, b, seed=0):
 
 def _setup_step(config, tx=None):
   model = models.get_model(config.model)
-  tx = tx or step_lib.make_optimizer(config.optim)
+  tx = tx or train_state.make_optimizer(config.optim)
   fn = step_lib.make_train_step(config, model, tx)
   batches = _random_batches(3, config.train.batch_size)
-  state = step_lib.init_state(jax.random.key(0), batches[0], model=model,
+  state = train_state.init_state(jax.random.key(0), batches[0], model=model,
                               tx=tx)
   return fn, jax.tree.map(np.asarray, state), batches
 

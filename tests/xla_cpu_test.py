@@ -1,4 +1,4 @@
-"""The opt-in Eigen convolutions of XLA:CPU (`mmvaeplus_jax/xla_cpu.py`).
+"""The opt-in Eigen convolutions of XLA:CPU (`mmvaeplus_jax/infra/xla_cpu.py`).
 
 Error bound: a convolution output (or its input gradient, or its weight
 gradient) element is a sum of n products; any two summation orders of the
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import mmvaeplus_jax  # noqa: F401  (configures XLA:CPU first)
-from mmvaeplus_jax import xla_cpu
+from mmvaeplus_jax.infra import xla_cpu
 from mmvaeplus_jax.models import conv as conv_lib
 
 U = 2.0**-24
@@ -98,8 +98,7 @@ def test_automatic_weight_gradient_follows_the_convolutions():
 
 
 def test_this_process_follows_the_setting():
-  """The package was imported before JAX started (tests/conftest.py does not
-  start it): Eigen exactly when the environment asked for it."""
+  """tests/conftest.py configured XLA:CPU before JAX started: Eigen exactly when the environment asked for it."""
   if os.environ.get(xla_cpu.ENV, 'xla') == 'eigen':
     assert xla_cpu.cpu_convolutions() == xla_cpu.EIGEN
     assert xla_cpu.EIGEN_FLAG in os.environ['XLA_FLAGS'].split()
@@ -119,9 +118,11 @@ LAYERS = [
 _SCRIPT = r'''
 import json, sys
 import numpy as np
-import mmvaeplus_jax  # configures XLA:CPU before JAX starts
+from mmvaeplus_jax.infra import xla_cpu as _xla_cpu
+_xla_cpu.configure()  # before JAX starts
 import jax, jax.numpy as jnp
-from mmvaeplus_jax import estimators, xla_cpu
+from mmvaeplus_jax.core import estimators
+from mmvaeplus_jax.infra import xla_cpu
 from mmvaeplus_jax.models import polymnist
 jax.config.update('jax_threefry_partitionable', False)
 layers, out = json.loads(sys.argv[1]), sys.argv[2]

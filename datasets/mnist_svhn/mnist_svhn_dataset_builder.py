@@ -54,7 +54,7 @@ is NOT in ../shared/data: without it the build stops with one
 Build command (repository root, project installed with `pip install -e .`,
 no TensorFlow needed):
 
-  python -m mmvaeplus_jax.input.builders mnist_svhn/dm30 \
+  python -m mmvaeplus_jax.tools.prepare_data mnist_svhn/dm30 \
       --data_dir ~/tensorflow_datasets --manual_dir /path/with/mnist+svhn
 """
 
@@ -65,9 +65,9 @@ import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmvaeplus_jax.input import mnist_files
 from mmvaeplus_jax.input import mnist_svhn_data
 from mmvaeplus_jax.input import pipeline
-from mmvaeplus_jax.input import polymnist_data
 
 SEED = 0
 SPLIT_INDEX = {'train': 0, 'test': 1}
@@ -119,7 +119,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     * the four MNIST files (train-images-idx3-ubyte.gz,
       train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
       t10k-labels-idx1-ubyte.gz), directly or in mnist/;
-      {polymnist_data.MNIST_HINT}
+      {mnist_files.MNIST_HINT}
     * SVHN's {', '.join(mnist_svhn_data.SVHN_FILES.values())}, directly or in
       svhn/. {mnist_svhn_data.svhn_hint()}
   """
@@ -153,8 +153,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # first, so its one error names all missing files.
     mnist_svhn_data.find_svhn_files(manual_dir)
     for split in mnist_svhn_data.SPLITS:
-      for name in polymnist_data.MNIST_FILES[split]:
-        polymnist_data.find_mnist_file(manual_dir, name)
+      for name in mnist_files.MNIST_FILES[split]:
+        mnist_files.find_mnist_file(manual_dir, name)
     multiplier = MULTIPLIERS[self.builder_config.name]
     return {
         split: self._generate_examples(manual_dir, split, multiplier)

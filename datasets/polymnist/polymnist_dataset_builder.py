@@ -35,16 +35,17 @@ Configs:
 Seeds (`mini`, `rebuilt`): split s in ('train', 'test') uses
 `polymnist_data.make_polymnist(..., seed=(SEED, s_index))` with SEED = 0 and
 s_index 0 / 1; see `mmvaeplus_jax/input/polymnist_data.py` for the per
-(modality, class) generators.
+(modality, class) generators and `input/polymnist_official.py` for the
+`official` reader.
 
 Build commands (from the repository root, with the project installed by
 `pip install -e .`; no TensorFlow needed):
 
-  python -m mmvaeplus_jax.input.builders polymnist/mini \
+  python -m mmvaeplus_jax.tools.prepare_data polymnist/mini \
       --data_dir ~/tensorflow_datasets
-  python -m mmvaeplus_jax.input.builders polymnist/rebuilt \
+  python -m mmvaeplus_jax.tools.prepare_data polymnist/rebuilt \
       --data_dir ~/tensorflow_datasets --manual_dir ../shared/data
-  python -m mmvaeplus_jax.input.builders polymnist/official \
+  python -m mmvaeplus_jax.tools.prepare_data polymnist/official \
       --data_dir ~/tensorflow_datasets --manual_dir /path/holding/PolyMNIST
 
 or in Python (`load_split` prepares the config first if needed):
@@ -68,7 +69,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmvaeplus_jax.input import mnist_files
 from mmvaeplus_jax.input import polymnist_data
+from mmvaeplus_jax.input import polymnist_official
 
 SEED = 0
 SPLIT_INDEX = {'train': 0, 'test': 1}
@@ -127,9 +130,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       t10k-labels-idx1-ubyte.gz), directly or in mnist/;
     * exactly 5 background JPEGs in polymnist_backgrounds/ (sorted file
       names: background m for modality m).
-    {polymnist_data.MNIST_HINT}
+    {mnist_files.MNIST_HINT}
     {polymnist_data.BACKGROUNDS_HINT}
-  Config `official`: {polymnist_data.OFFICIAL_HINT}
+  Config `official`: {polymnist_official.OFFICIAL_HINT}
   Config `mini` needs no manual directory.
   """
 
@@ -167,15 +170,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       # Load and validate every input before writing anything.
       backgrounds = polymnist_data.load_backgrounds(
           manual_dir / polymnist_data.BACKGROUNDS_SUBDIR)
-      mnist = {s: polymnist_data.load_mnist(manual_dir, s)
+      mnist = {s: mnist_files.load_mnist(manual_dir, s)
                for s in polymnist_data.SPLITS}
       return {
           split: self._generate_examples(
               *mnist[split], backgrounds, SPLIT_INDEX[split])
           for split in polymnist_data.SPLITS
       }
-    root = polymnist_data.find_official_root(manual_dir)
-    listings = {s: polymnist_data.list_official_split(root / s)
+    root = polymnist_official.find_official_root(manual_dir)
+    listings = {s: polymnist_official.list_official_split(root / s)
                 for s in polymnist_data.SPLITS}
     return {
         split: self._generate_official(root / split, listings[split])
@@ -196,7 +199,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _generate_official(self, split_dir, listing):
     """Reads the published PNGs of one split, sorted by (i, d)."""
     for i, d in listing:
-      example = polymnist_data.read_official_example(split_dir, i, d)
+      example = polymnist_official.read_official_example(split_dir, i, d)
       example['label'] = int(example['label'])
       yield f'{i}.{d}', example
 

@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       conv_wgrad_chunk=-1,
       # 'xla' (default) or 'onednn': the convolutions as oneDNN custom calls
       # (CPU only, opt-in: pip install "mmvaeplus_jax[onednn]" and a C++
-      # compiler; mmvaeplus_jax/onednn.py). Same values up to float32
+      # compiler; mmvaeplus_jax/infra/onednn.py). Same values up to float32
       # reassociation; faster than XLA:CPU's on the full-width networks
       # (bench/RESULTS.md).
       conv_impl='xla',
@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=128,  # global batch, split over devices and hosts
       # Examples per device per call of the gradient (the step sums the
       # calls' gradients: same noise, loss and gradient up to float32
-      # reassociation; training/step.py:resolve_microbatch): -1 automatic
+      # reassociation; training/microbatch.py:resolve_microbatch): -1 automatic
       # (CPU: models.cpu_microbatch_limits, full-width PolyMNIST at most
       # 16 examples and 200 decoder rows per call; GPU/TPU one call), 0 one
       # call, n > 0 n examples.

@@ -48,7 +48,7 @@ and SVHN's `train_32x32.mat`, `test_32x32.mat`; in memory
 (`data.in_memory = True`) through the builder's `compact_source`: each item
 once (~0.27 GB), not `dm30`'s ~6.5 GB of stored pairs. Evaluators: the test
 bound, coherence (digit classifiers `DigitClf`, trained with
-`python -m mmvaeplus_jax.evaluation.classifiers --dataset mnist_svhn/dm1`),
+`python -m mmvaeplus_jax.tools.classifiers --dataset mnist_svhn/dm1`),
 linear latent classification and FD_clf (in DigitClf's 50-d features);
 `likelihood` also runs (add it to `evals.evaluators`); `figures` does not
 yet handle modalities of different shapes, and FID is untested here.

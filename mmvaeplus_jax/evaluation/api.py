@@ -35,11 +35,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.models import base
 
 Params = Any
@@ -83,6 +84,12 @@ Evaluator = Callable[[EvalContext], dict]
 
 _REGISTRY: dict[str, Evaluator] = {}
 
+
+
+def to_float(x):
+  """uint8 images -> float32 in [0, 1] (divided by 255); other arrays
+  unchanged. Under jit (the evaluators' batches)."""
+  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 def register(name: str) -> Callable[[Evaluator], Evaluator]:
   """Decorator: registers `fn` as evaluator `name` (returns `fn` unchanged).

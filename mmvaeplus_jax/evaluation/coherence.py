@@ -1,9 +1,10 @@
 """Conditional and unconditional coherence of a multimodal VAE.
 
-Three quantities, each a pure, jittable per-batch count function plus a thin
-driver that loops over batches and divides exact integer sums at the end
-(results do not depend on the batch size; the last batch is padded and
-masked):
+Three quantities, each a pure, jittable per-example count function plus a
+thin driver that runs it over the data with the evaluators' batcher
+(`api.map_batches`: fixed-size batches sharded over a mesh, the last one
+padded, the padding dropped) and divides exact integer sums, taken on the
+host, at the end (results do not depend on the batch size):
 
 * `conditional_coherence`: the MMVAE+ paper's number (App. C.2) and the
   official code's `cross_coherence` (official_reference.md section 9). For
@@ -55,45 +56,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import distributions
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax import generation
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import base
 
 Array = jax.Array
 Params = Any
 ClassifyFn = Callable[[Any, str, Array], Array]
-
-
-def _to_float(x):
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
-
-
-def _example_keys(key, index) -> Array:
-  """`[B]` keys `fold_in(key, index[i])`."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-
-
-def _example_noise(family, keys, *shapes) -> list[Array]:
-  """Standardised noise `[B, *shape]` for each shape, one draw per example.
-
-  Row i of every output comes from one `distributions.noise` call on
-  `keys[i]` (one draw, then split: compiling a threefry call per output
-  would cost seconds on CPU).
-  """
-  sizes = [math.prod(s) for s in shapes]
-  flat = jax.vmap(
-      lambda k: distributions.noise(family, k, (sum(sizes),)))(keys)
-  parts = jnp.split(flat, np.cumsum(sizes)[:-1], axis=1)
-  return [p.reshape((keys.shape[0],) + tuple(s))
-          for p, s in zip(parts, shapes)]
 
 
 def _classes(classify, clf_params, name, x, num_lead: int) -> Array:
@@ -104,7 +80,7 @@ def _classes(classify, clf_params, name, x, num_lead: int) -> Array:
   return jnp.argmax(scores, axis=-1).reshape(lead)
 
 
-# ----------------------------------------------------------- per-batch counts
+# -------------------------------------------------------- per-example counts
 
 
 def conditional_counts(
@@ -118,7 +94,7 @@ def conditional_counts(
     index: Array,
     alpha: float = 1.0,
 ) -> Array:
-  """Correct predictions of every (source, target) pair on one batch.
+  """Correct predictions of every (source, target) pair, per example.
 
   Args:
     key: evaluation key; example i uses `fold_in(key, index[i])`.
@@ -132,32 +108,22 @@ def conditional_counts(
     alpha: multiplies the scale of the fixed prior p(w) (official 1).
 
   Returns:
-    `[M, M]` int32 counts, `[source e, target d]`; the diagonal counts the
-    self-reconstructions from the full posterior sample.
+    `[B, M, M]` int32, 1 where example b's decoding for `[source e, target
+    d]` is classified as its label (0 for padding); the diagonal is the
+    self-reconstruction from the full posterior sample.
   """
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
-  batch = {n: _to_float(jnp.asarray(batch[n])) for n in model.names}
+  batch = {n: api.to_float(jnp.asarray(batch[n])) for n in model.names}
   post = model.encode(params, batch)  # [M, B, D]
-  keys = _example_keys(key, index)
   valid = index >= 0  # [B]
-  # Per example: z_e ~ q_e(z|x_e), w_e ~ q_e(w|x_e) (diagonal), w ~ p(w) for
-  # every (source e, target d).
-  eps_z, eps_wq, eps_wp = _example_noise(
-      model.family, keys, (m, dz), (m, dw), (m, m, dw))  # [B, ...]
-  # z_e ~ q(z | x_e), the model's posterior of the one-modality subset {e}.
-  z = model.sample_shared(
-      post, np.eye(m, dtype=bool), jnp.zeros((m, index.shape[0])),
-      jnp.swapaxes(eps_z, 0, 1))  # [M(e), B, Dz]
-  w_post = post.loc_w + post.scale_w * jnp.swapaxes(eps_wq, 0, 1)
-  w_prior = (alpha * model.prior_scale(dw)) * jnp.transpose(
-      eps_wp, (1, 2, 0, 3))  # [M(e), M(d), B, Dw]
+  z, w_post, w_prior = generation.cross_modal_per_example(
+      key, model, post, index, alpha=alpha)
   counts = []
   for d, name in enumerate(model.names):
-    w = w_prior[:, d].at[d].set(w_post[d])  # [M(e), B, Dw]
-    x = model.decode(params, name, jnp.concatenate([w, z], -1))  # [M, B, ..]
+    u = generation.target_latents(z, w_post, w_prior, d)  # [M(e), B, D]
+    x = model.decode(params, name, u)  # [M, B, ..]
     hit = (_classes(classify, clf_params, name, x, 2) == labels) & valid
-    counts.append(jnp.sum(hit, axis=1, dtype=jnp.int32))  # [M(e)]
-  return jnp.stack(counts, axis=1)
+    counts.append(hit.T.astype(jnp.int32))  # [B, M(e)]
+  return jnp.stack(counts, axis=-1)  # [B, M(e), M(d)]
 
 
 def subsets(num_modalities: int) -> tuple[tuple[int, ...], ...]:
@@ -178,38 +144,31 @@ def subset_counts(
     index: Array,
     alpha: float = 1.0,
 ) -> Array:
-  """All-subsets protocol counts on one batch (see the module docstring).
+  """All-subsets protocol counts per example (see the module docstring).
 
   Args: as `conditional_counts`.
 
   Returns:
-    `[S, M]` int32 correct counts, subsets in `subsets(M)` order; zero where
-    the target is in the subset (not evaluated).
+    `[B, S, M]` int32, 1 where example b's decoding of target d from subset
+    s (in `subsets(M)` order) is classified as its label; 0 where the target
+    is in the subset (not evaluated) and for padding.
   """
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
+  m = model.num_modalities
   subs = subsets(m)
   s_count = len(subs)
   member = np.array([[i in s for i in range(m)] for s in subs])  # [S, M]
-  batch = {n: _to_float(jnp.asarray(batch[n])) for n in model.names}
+  batch = {n: api.to_float(jnp.asarray(batch[n])) for n in model.names}
   post = model.encode(params, batch)  # [M, B, D]
-  keys = _example_keys(key, index)
   valid = index >= 0
-  # Per example and subset: the mixture component, z, and w ~ p(w) per target.
-  eps_c, eps_z, eps_w = _example_noise(
-      model.family, keys, (s_count,), (s_count, dz), (s_count, m, dw))
-  # z ~ q(z | x_S), the model's subset posterior (a mixture of S's unimodal
-  # posteriors for MoE models: a uniform member, then its sample).
-  z = model.sample_shared(post, member, eps_c.T,
-                          jnp.swapaxes(eps_z, 0, 1))  # [S, B, Dz]
-  w = (alpha * model.prior_scale(dw)) * jnp.transpose(
-      eps_w, (1, 2, 0, 3))  # [S, M(d), B, Dw]
-  counts = jnp.zeros((s_count, m), jnp.int32)
+  z, w = generation.subset_per_example(key, model, post, member, index,
+                                       alpha=alpha)  # [S, B, Dz], [S, M, B, Dw]
+  counts = jnp.zeros((index.shape[0], s_count, m), jnp.int32)
   for d, name in enumerate(model.names):
     rows = np.flatnonzero(~member[:, d])  # subsets without d
     u = jnp.concatenate([w[rows, d], z[rows]], -1)  # [R, B, Dw + Dz]
     x = model.decode(params, name, u)
     hit = (_classes(classify, clf_params, name, x, 2) == labels) & valid
-    counts = counts.at[rows, d].set(jnp.sum(hit, axis=1, dtype=jnp.int32))
+    counts = counts.at[:, rows, d].set(hit.T.astype(jnp.int32))
   return counts
 
 
@@ -222,7 +181,7 @@ def unconditional_counts(
     index: Array,
     alpha: float = 1.0,
 ) -> tuple[Array, Array]:
-  """Coherent joint prior samples in one batch of sample indices.
+  """Coherence of each joint prior sample of a batch of sample indices.
 
   Args:
     key: evaluation key; sample i uses `fold_in(key, index[i])`.
@@ -231,16 +190,14 @@ def unconditional_counts(
     alpha: multiplies the scale of p(w).
 
   Returns:
-    (number of coherent samples (int32 scalar), `[M, C]` int32 histogram of
-    each modality's predicted classes: a sampler that always draws the same
-    digit is trivially coherent, the histogram shows it).
+    (`[B]` int32, 1 where sample b is coherent, and `[B, M, C]` int32, the
+    one-hot predicted class of each modality, whose sum over samples is the
+    histogram of each modality's predictions: a sampler that always draws
+    the same digit is trivially coherent, the histogram shows it); 0 for
+    padding.
   """
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
-  keys = _example_keys(key, index)
   valid = index >= 0
-  eps_z, eps_w = _example_noise(model.family, keys, (dz,), (m, dw))
-  z = model.prior_scale(dz) * eps_z  # [B, Dz], shared
-  w = (alpha * model.prior_scale(dw)) * jnp.swapaxes(eps_w, 0, 1)  # [M, B, Dw]
+  z, w = generation.unconditional_per_example(key, model, index, alpha=alpha)
   preds, hists = [], []
   for d, name in enumerate(model.names):
     x = model.decode(params, name, jnp.concatenate([w[d], z], -1))  # [B, ..]
@@ -248,10 +205,10 @@ def unconditional_counts(
     pred = jnp.argmax(scores, axis=-1)
     preds.append(pred)
     one_hot = jax.nn.one_hot(pred, scores.shape[-1], dtype=jnp.int32)
-    hists.append(jnp.sum(one_hot * valid[:, None], axis=0))
+    hists.append(one_hot * valid[:, None])  # [B, C]
   preds = jnp.stack(preds)  # [M, B]
   coherent = jnp.all(preds == preds[:1], axis=0) & valid
-  return jnp.sum(coherent, dtype=jnp.int32), jnp.stack(hists)
+  return coherent.astype(jnp.int32), jnp.stack(hists, axis=1)
 
 
 _STATIC = ('model', 'classify')
@@ -263,43 +220,23 @@ _unconditional_counts = jax.jit(unconditional_counts, static_argnames=_STATIC)
 # ------------------------------------------------------------------ drivers
 
 
-def _batches(
-    data: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int
-) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
-  """Fixed-size batches `(inputs, labels [B], index [B])`, last one padded.
+def _mesh(mesh):
+  """`mesh`, or one device's mesh for None."""
+  return parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
 
-  Padding repeats the last example and gets index -1 (masked out).
-  """
+
+def _map_counts(counts_fn, model, data, *, batch_size, mesh):
+  """`counts_fn(inputs, labels, index)` over the examples of `data` in
+  batches (`api.map_batches`): its per-example outputs `[N, ...]`."""
   n = len(data['label'])
   if n == 0:
     raise ValueError('coherence needs at least one example, got 0')
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    pad = batch_size - (stop - start)
-    take = np.concatenate([np.arange(start, stop),
-                           np.full(pad, stop - 1, np.int64)])
-    index = np.concatenate([np.arange(start, stop),
-                            np.full(pad, -1, np.int64)]).astype(np.int32)
-    yield ({k: np.asarray(data[k])[take] for k in names},
-           np.asarray(data['label'])[take].astype(np.int32), index)
-
-
-def _batch_size(batch_size: int, n: int, mesh) -> int:
-  """`min(batch_size, n)`, rounded up to a multiple of the mesh's devices."""
-  if mesh is None:
-    return max(1, min(int(batch_size), n))
-  return api.global_batch_size(mesh, batch_size, n)
-
-
-def _place(mesh, tree):
-  """Host arrays (the same on every host) sharded over the batch axis of
-  `mesh`; unchanged without a mesh."""
-  if mesh is None:
-    return tree
-  sharding = parallel.data_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(
-          x.shape, sharding, lambda i, x=x: x[i]), tree)
+  inputs = {k: data[k] for k in model.names}
+  inputs['label'] = np.asarray(data['label']).astype(np.int32)
+  return api.map_batches(
+      lambda index, batch: counts_fn(
+          {k: batch[k] for k in model.names}, batch['label'], index),
+      _mesh(mesh), n, batch_size=batch_size, inputs=inputs)
 
 
 def _check_data(model, data):
@@ -366,17 +303,16 @@ def conditional_coherence(
     batch_size: examples per jitted call (does not change the result).
     alpha: multiplies the scale of the fixed prior p(w) (official 1).
     mesh: shard every batch over this mesh's 'data' axis (params and key
-      replicated on it); None: one device.
+      replicated on it, or uncommitted); None: one device (a one-device
+      mesh).
   """
   _check_data(model, data)
   m = model.num_modalities
-  correct = np.zeros((m, m), np.int64)
-  batch_size = _batch_size(batch_size, len(data['label']), mesh)
-  for batch in _batches(data, model.names, batch_size):
-    inputs, labels, index = _place(mesh, batch)
-    correct += np.asarray(_conditional_counts(
-        key, model, params, classify, clf_params, inputs, labels, index,
-        alpha))
+  hits = _map_counts(
+      lambda inputs, labels, index: _conditional_counts(
+          key, model, params, classify, clf_params, inputs, labels, index,
+          alpha), model, data, batch_size=batch_size, mesh=mesh)
+  correct = hits.sum(axis=0, dtype=np.int64)  # [M, M]
   total = len(data['label'])
   matrix = correct / total
   off = ~np.eye(m, dtype=bool)
@@ -443,13 +379,11 @@ def subset_coherence(
   if m < 2:
     raise ValueError('subset coherence needs at least 2 modalities')
   subs = subsets(m)
-  correct = np.zeros((len(subs), m), np.int64)
-  batch_size = _batch_size(batch_size, len(data['label']), mesh)
-  for batch in _batches(data, model.names, batch_size):
-    inputs, labels, index = _place(mesh, batch)
-    correct += np.asarray(_subset_counts(
-        key, model, params, classify, clf_params, inputs, labels, index,
-        alpha))
+  hits = _map_counts(
+      lambda inputs, labels, index: _subset_counts(
+          key, model, params, classify, clf_params, inputs, labels, index,
+          alpha), model, data, batch_size=batch_size, mesh=mesh)
+  correct = hits.sum(axis=0, dtype=np.int64)  # [S, M]
   total = len(data['label'])
   member = np.array([[i in s for i in range(m)] for s in subs])
   accuracy = np.where(member, np.nan, correct / total)
@@ -503,15 +437,12 @@ def unconditional_coherence(
   """
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  batch_size = _batch_size(batch_size, num_samples, mesh)
-  coherent, hist = 0, None
-  for start in range(0, num_samples, batch_size):
-    index = np.arange(start, start + batch_size)
-    index = np.where(index < num_samples, index, -1).astype(np.int32)
-    c, h = _unconditional_counts(
-        key, model, params, classify, clf_params, _place(mesh, index), alpha)
-    coherent += int(c)
-    hist = np.asarray(h, np.int64) + (0 if hist is None else hist)
+  per_sample, one_hot = api.map_batches(
+      lambda index, batch: _unconditional_counts(
+          key, model, params, classify, clf_params, index, alpha),
+      _mesh(mesh), num_samples, batch_size=batch_size)
+  coherent = int(per_sample.sum(dtype=np.int64))
+  hist = one_hot.sum(axis=0, dtype=np.int64)  # [M, C]
   return UnconditionalCoherence(
       coherent=coherent, total=num_samples, value=coherent / num_samples,
       class_counts=hist)

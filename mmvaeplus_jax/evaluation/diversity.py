@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmvaeplus_jax import generation
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 
 
@@ -75,9 +75,6 @@ def within_class_spread(images: np.ndarray, labels: np.ndarray) -> float:
                         for c in np.unique(labels)]))
 
 
-def _to_float(x):
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
-
 
 def _per_example_spread(params, key, index, batch, *, model, num_repeats,
                         alpha):
@@ -85,7 +82,7 @@ def _per_example_spread(params, key, index, batch, *, model, num_repeats,
   alone with key fold_in(key, i), vmapped)."""
 
   def one(i, x):
-    x1 = {n: _to_float(v)[None] for n, v in x.items()}
+    x1 = {n: api.to_float(v)[None] for n, v in x.items()}
     post = model.encode(params, x1)  # [M, 1, D]
     keys = jax.random.split(jax.random.fold_in(key, i), num_repeats)
     by_target = jax.vmap(lambda k: generation.cross_modal_from_posteriors(

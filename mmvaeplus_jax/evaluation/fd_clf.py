@@ -3,7 +3,7 @@
 The FID protocol of `evaluation.frechet` (unconditional per modality,
 conditional per (source, target) with the paper's averaging, with and
 without the self-reconstruction diagonal; PNG-quantised images) with
-modality d's coherence classifier (`classifiers.ClfImg`, the 128-d
+modality d's coherence classifier (`classifier_nets.ClfImg`, the 128-d
 penultimate activations, `classifiers.features`) in place of Inception.
 About four orders of magnitude cheaper than FID, so it runs on a CPU, but it
 is NOT FID: it is blind to much of the background and style the digit
@@ -20,7 +20,7 @@ from mmvaeplus_jax.evaluation import frechet
 
 NO_CLASSIFIERS = (
     'no classifiers: set --config.evals.classifier_dir to a folder made by'
-    ' `python -m mmvaeplus_jax.evaluation.classifiers`')
+    ' `python -m mmvaeplus_jax.tools.classifiers`')
 
 
 def _clf_apply(clf_params, images):

@@ -1,515 +1,64 @@
-"""FID as pytorch-fid 0.2.1: torch-free weights loader, features, Fréchet.
+"""FID as pytorch-fid 0.2.1: features, Fréchet distance, statistics cache.
 
 FID = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), with mu, S the
 mean and (N - 1)-covariance of the 2048-d pool3 features of pytorch-fid's FID
 InceptionV3 (`inception.FIDInceptionV3`) with the TF 2015-12-05 weights as
 ported by pytorch-fid (`pt_inception-2015-12-05-6726825d.pth`).
 
-Pieces:
-
-* `load_inception_variables(path)`: reads the official `.pth` WITHOUT torch
-  (a restricted unpickler that only rebuilds numpy arrays), checks its SHA-256
-  prefix, converts it to Flax variables once and caches them as an `.npz`
-  keyed by the file's SHA-256. A missing or corrupt file raises
-  `InceptionWeightsError`; there is no fallback to random weights.
+* `load_inception_variables(path)`: the official `.pth` read WITHOUT torch
+  and converted (`inception_weights.py`, `torch_pickle.py`; re-exported here
+  with the other names callers use); never random weights.
 * `make_feature_fn(variables, batch_size)`: a batched, jitted feature pass
   (images [N, H, W, 3] in [0, 1] -> [N, 2048]), optionally with the official
   MMVAE+ quirks (PNG quantisation; dropping the last partial batch of 128,
-  i.e. 9,984 of 10,000 images).
+  i.e. 9,984 of 10,000 images); `inception_features`, its un-jitted body.
 * `feature_statistics`, `frechet_distance`, `fid_from_features`: float64 on
-  the host, as pytorch-fid's `calculate_frechet_distance`.
+  the host, as pytorch-fid's `calculate_frechet_distance`;
+  `cached_statistics` (real-set statistics on disk), `conditional_average`.
 
 Call the number "FID" only with the genuine weights (data.md section 8).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
 import hashlib
 import os
 import pathlib
-import pickle
 import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 import warnings
 import zipfile
 
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import linalg
 
 from mmvaeplus_jax.evaluation import inception
+from mmvaeplus_jax.evaluation.inception_weights import default_cache_dir
+from mmvaeplus_jax.evaluation.inception_weights import default_weights_path
+from mmvaeplus_jax.evaluation.inception_weights import FID_WEIGHTS_FILENAME
+from mmvaeplus_jax.evaluation.inception_weights import FID_WEIGHTS_URL
+from mmvaeplus_jax.evaluation.inception_weights import file_sha256
+from mmvaeplus_jax.evaluation.inception_weights import InceptionWeightsError
+from mmvaeplus_jax.evaluation.inception_weights import load_inception_variables
+from mmvaeplus_jax.evaluation.inception_weights import Variables
+
+__all__ = [  # (the second line: inception_weights)
+    'OFFICIAL_BATCH_SIZE', 'Statistics', 'cached_statistics',
+    'conditional_average', 'default_stats_dir', 'feature_statistics',
+    'fid_from_features', 'frechet_distance', 'images_digest',
+    'inception_features', 'make_feature_fn', 'official_count',
+    'quantise_like_png', 'uint8_to_unit',
+    'FID_WEIGHTS_FILENAME', 'FID_WEIGHTS_URL', 'InceptionWeightsError',
+    'default_cache_dir', 'default_weights_path', 'file_sha256',
+    'load_inception_variables',
+]
 
 Array = jax.Array
-Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
 
-FID_WEIGHTS_FILENAME = 'pt_inception-2015-12-05-6726825d.pth'
-FID_WEIGHTS_URL = (
-    'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-    + FID_WEIGHTS_FILENAME
-)
-# torch.hub naming convention: the file name ends in the first 8 hex digits of
-# the file's SHA-256.
-FID_WEIGHTS_SHA256_PREFIX = '6726825d'
 OFFICIAL_BATCH_SIZE = 128  # the official loop drops the last partial batch
-
-_CACHE_VERSION = 1  # bump when the converted layout changes
-
-
-class InceptionWeightsError(RuntimeError):
-  """The FID Inception weights file is missing, corrupt or not the right one."""
-
-
-# ---------------------------------------------------------------------------
-# Reading a PyTorch .pth without torch.
-# ---------------------------------------------------------------------------
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
-_LEGACY_PROTOCOL = 1001
-
-_STORAGE_DTYPES = {
-    'FloatStorage': np.float32,
-    'DoubleStorage': np.float64,
-    'HalfStorage': np.float16,
-    'LongStorage': np.int64,
-    'IntStorage': np.int32,
-    'ShortStorage': np.int16,
-    'CharStorage': np.int8,
-    'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-  """Stand-in for a `torch.<X>Storage` class named in the pickle."""
-
-  name: str
-
-  @property
-  def dtype(self) -> np.dtype:
-    return np.dtype(_STORAGE_DTYPES[self.name])
-
-
-@dataclasses.dataclass(eq=False)
-class _Storage:
-  """A typed storage: `numel` elements of `dtype`, filled once read."""
-
-  dtype: np.dtype
-  numel: int
-  data: np.ndarray | None = None  # [numel], little-endian
-
-
-@dataclasses.dataclass(eq=False)
-class _StorageView:
-  """Legacy format: a view of `numel` elements at `offset` into a root."""
-
-  root: _Storage
-  offset: int
-  numel: int
-
-
-@dataclasses.dataclass(eq=False)
-class _TensorRef:
-  """What `torch._utils._rebuild_tensor_v2` would have built (lazy)."""
-
-  storage: _Storage | _StorageView
-  offset: int
-  shape: tuple[int, ...]
-  stride: tuple[int, ...]
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride):
-  return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
-
-
-def _rebuild_tensor_v2(
-    storage, storage_offset, size, stride, requires_grad=False,
-    backward_hooks=None, metadata=None,
-):
-  del requires_grad, backward_hooks, metadata
-  return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-  del requires_grad, backward_hooks
-  return data
-
-
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-  del requires_grad, backward_hooks, state
-  return data
-
-
-_ALLOWED_GLOBALS = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('torch', 'Size'): tuple,
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): (
-        _rebuild_parameter_with_state
-    ),
-    **{('torch', name): _StorageType(name) for name in _STORAGE_DTYPES},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that knows tensors and OrderedDicts and refuses all else."""
-
-  def __init__(self, file, persistent_load: Callable[[Any], Any] | None):
-    super().__init__(file)
-    self._persistent_load = persistent_load
-
-  def find_class(self, module, name):
-    try:
-      return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
-      raise pickle.UnpicklingError(
-          f'refusing to unpickle the global {module}.{name}: only tensors, '
-          'storages and OrderedDicts of a PyTorch state dict are allowed'
-      ) from None
-
-  def persistent_load(self, pid):
-    if self._persistent_load is None:
-      raise pickle.UnpicklingError('unexpected persistent id in this pickle')
-    return self._persistent_load(pid)
-
-
-def _storage_type_of(obj) -> _StorageType:
-  if not isinstance(obj, _StorageType):
-    raise pickle.UnpicklingError(f'unsupported storage type {obj!r}')
-  return obj
-
-
-def _as_str(x) -> str:
-  return x.decode('ascii') if isinstance(x, bytes) else str(x)
-
-
-def _read_zip(path: pathlib.Path) -> Any:
-  """torch >= 1.6 format: `<name>/data.pkl` + `<name>/data/<key>` records."""
-  with zipfile.ZipFile(path) as zf:
-    pkl_names = [n for n in zf.namelist() if n.endswith('data.pkl')]
-    if len(pkl_names) != 1:
-      raise pickle.UnpicklingError(f'expected one data.pkl, got {pkl_names}')
-    prefix = pkl_names[0][: -len('data.pkl')]
-    byteorder = '<'
-    if prefix + 'byteorder' in zf.namelist():
-      order = zf.read(prefix + 'byteorder').decode('ascii').strip()
-      byteorder = {'little': '<', 'big': '>'}[order]
-    storages: dict[str, _Storage] = {}
-
-    def persistent_load(pid):
-      if _as_str(pid[0]) != 'storage' or len(pid) != 5:
-        raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
-      storage_type, key, _, numel = pid[1:]
-      key = _as_str(key)
-      if key not in storages:
-        dtype = _storage_type_of(storage_type).dtype
-        raw = zf.read(f'{prefix}data/{key}')
-        nbytes = int(numel) * dtype.itemsize
-        if len(raw) < nbytes:
-          raise pickle.UnpicklingError(f'storage {key} is truncated')
-        data = np.frombuffer(raw, dtype.newbyteorder(byteorder), int(numel))
-        storages[key] = _Storage(dtype, int(numel), data)
-      return storages[key]
-
-    with zf.open(pkl_names[0]) as f:
-      return _RestrictedUnpickler(f, persistent_load).load()
-
-
-def _read_legacy(path: pathlib.Path) -> Any:
-  """torch < 1.6 format: magic, protocol, sys_info, pickle, keys, raw data."""
-  with open(path, 'rb') as f:
-    if _RestrictedUnpickler(f, None).load() != _LEGACY_MAGIC:
-      raise pickle.UnpicklingError('not a PyTorch file (bad magic number)')
-    if _RestrictedUnpickler(f, None).load() != _LEGACY_PROTOCOL:
-      raise pickle.UnpicklingError('unsupported legacy protocol version')
-    sys_info = _RestrictedUnpickler(f, None).load()
-    byteorder = '<' if sys_info.get('little_endian', True) else '>'
-    storages: dict[str, _Storage] = {}
-
-    def persistent_load(pid):
-      if _as_str(pid[0]) != 'storage' or len(pid) != 6:
-        raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
-      storage_type, root_key, _, numel, view_metadata = pid[1:]
-      root_key = _as_str(root_key)
-      if root_key not in storages:
-        storages[root_key] = _Storage(
-            _storage_type_of(storage_type).dtype, int(numel)
-        )
-      root = storages[root_key]
-      if view_metadata is None:
-        return root
-      _, offset, view_numel = view_metadata
-      return _StorageView(root, int(offset), int(view_numel))
-
-    result = _RestrictedUnpickler(f, persistent_load).load()
-    keys = _RestrictedUnpickler(f, None).load()
-    for key in keys:
-      storage = storages[_as_str(key)]
-      numel = int.from_bytes(f.read(8), 'little', signed=True)
-      if numel != storage.numel:
-        raise pickle.UnpicklingError(f'storage {key}: size mismatch')
-      nbytes = numel * storage.dtype.itemsize
-      raw = f.read(nbytes)
-      if len(raw) != nbytes:
-        raise pickle.UnpicklingError(f'storage {key} is truncated')
-      storage.data = np.frombuffer(raw, storage.dtype.newbyteorder(byteorder))
-  return result
-
-
-def _materialise(ref: _TensorRef) -> np.ndarray:
-  """Copies a (possibly strided) tensor out of its storage, bounds-checked."""
-  storage, base, limit = ref.storage, 0, None
-  if isinstance(storage, _StorageView):
-    base, limit = storage.offset, storage.numel
-    storage = storage.root
-  if storage.data is None:
-    raise pickle.UnpicklingError('tensor refers to a storage with no data')
-  flat = storage.data[base:]
-  flat = flat[:limit] if limit is not None else flat
-  shape, stride = ref.shape, ref.stride
-  native = storage.dtype.newbyteorder('=')
-  if len(shape) != len(stride) or min(shape + stride, default=0) < 0:
-    raise pickle.UnpicklingError(f'bad tensor shape/stride {shape} {stride}')
-  if 0 in shape:
-    return np.zeros(shape, native)
-  last = ref.offset + sum((d - 1) * s for d, s in zip(shape, stride))
-  if ref.offset < 0 or last >= flat.size:
-    raise pickle.UnpicklingError('tensor extends past its storage')
-  view = np.lib.stride_tricks.as_strided(
-      flat[ref.offset :], shape,
-      tuple(s * flat.itemsize for s in stride), writeable=False,
-  )
-  return np.array(view, dtype=native, order='C', copy=True)
-
-
-def _materialise_tree(obj: Any) -> Any:
-  if isinstance(obj, _TensorRef):
-    return _materialise(obj)
-  if isinstance(obj, Mapping):
-    return type(obj)((k, _materialise_tree(v)) for k, v in obj.items())
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_materialise_tree(v) for v in obj)
-  return obj
-
-
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict (`torch.save` file) into numpy, torch-free.
-
-  Both the zip format (torch >= 1.6: `data.pkl` + `data/<key>` raw
-  little-endian storages) and the legacy non-zip format are read. The pickle
-  goes through a restricted unpickler that only rebuilds tensors
-  (`torch._utils._rebuild_tensor_v2` and friends on `torch.<X>Storage`) and
-  `collections.OrderedDict`; any other global raises
-  `pickle.UnpicklingError`, so a malicious file cannot run code.
-
-  Args:
-    path: the `.pth` file.
-
-  Returns:
-    {state-dict key: array} (a copy, native byte order, C order).
-  """
-  path = pathlib.Path(path)
-  if zipfile.is_zipfile(path):
-    result = _read_zip(path)
-  else:
-    result = _read_legacy(path)
-  result = _materialise_tree(result)
-  if not isinstance(result, Mapping) or not all(
-      isinstance(k, str) and isinstance(v, np.ndarray)
-      for k, v in result.items()
-  ):
-    raise pickle.UnpicklingError(f'{path} does not hold a flat state dict')
-  return dict(result)
-
-
-# ---------------------------------------------------------------------------
-# Converting to Flax variables.
-# ---------------------------------------------------------------------------
-
-_BN_NAMES = {  # torch BatchNorm2d name -> (collection, Flax name)
-    'weight': ('params', 'scale'),
-    'bias': ('params', 'bias'),
-    'running_mean': ('batch_stats', 'mean'),
-    'running_var': ('batch_stats', 'var'),
-}
-
-
-@functools.lru_cache(maxsize=1)
-def _expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
-  """{flat Flax variable path: shape} of `FIDInceptionV3` (470 entries)."""
-  abstract = jax.eval_shape(
-      inception.FIDInceptionV3().init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32),
-  )
-  flat = traverse_util.flatten_dict(abstract)
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
-def _check_variables(flat: Mapping[tuple[str, ...], np.ndarray]) -> None:
-  expected = _expected_shapes()
-  missing = sorted('/'.join(k) for k in expected.keys() - flat.keys())
-  extra = sorted('/'.join(k) for k in flat.keys() - expected.keys())
-  wrong = sorted(
-      f'{"/".join(k)}: {flat[k].shape} != {expected[k]}'
-      for k in expected.keys() & flat.keys()
-      if tuple(flat[k].shape) != expected[k]
-  )
-  if missing or extra or wrong:
-    raise InceptionWeightsError(
-        'the weights do not fit the FID InceptionV3: '
-        f'{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} '
-        f'unexpected (e.g. {extra[:3]}), {len(wrong)} with wrong shapes '
-        f'(e.g. {wrong[:3]})'
-    )
-
-
-def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> Variables:
-  """pytorch-fid FID InceptionV3 state dict -> Flax variables (float32).
-
-  `X.conv.weight` [O, I, kH, kW] -> `params/X/conv/kernel` [kH, kW, I, O];
-  `X.bn.{weight,bias}` -> `params/X/bn/{scale,bias}`;
-  `X.bn.{running_mean,running_var}` -> `batch_stats/X/bn/{mean,var}`;
-  `fc.*` and `*.num_batches_tracked` are dropped. Every one of the 470
-  variables must be present with the right shape, and nothing else
-  (e.g. torchvision's `AuxLogits`) is accepted.
-
-  Args:
-    state_dict: {torch key: array}.
-
-  Returns:
-    {'params': ..., 'batch_stats': ...}, nested dicts of float32 numpy arrays.
-  """
-  flat = {}
-  for key, value in state_dict.items():
-    parts = key.split('.')
-    if parts[0] == 'fc' or parts[-1] == 'num_batches_tracked':
-      continue
-    if len(parts) < 3:
-      raise InceptionWeightsError(f'unexpected state-dict entry {key!r}')
-    *module, layer, name = parts
-    value = np.asarray(value, np.float32)
-    if layer == 'conv' and name == 'weight' and value.ndim == 4:
-      flat[('params', *module, 'conv', 'kernel')] = value.transpose(2, 3, 1, 0)
-    elif layer == 'bn' and name in _BN_NAMES:
-      collection, leaf = _BN_NAMES[name]
-      flat[(collection, *module, 'bn', leaf)] = value
-    else:
-      raise InceptionWeightsError(f'unexpected state-dict entry {key!r}')
-  _check_variables(flat)
-  return traverse_util.unflatten_dict(flat)
-
-
-# ---------------------------------------------------------------------------
-# Loading the official weights (checksum, cache).
-# ---------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """Hex SHA-256 of a file."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def default_cache_dir() -> pathlib.Path:
-  """`$XDG_CACHE_HOME/mmvaeplus_jax` (default `~/.cache/mmvaeplus_jax`)."""
-  root = os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache')
-  return pathlib.Path(root).expanduser() / 'mmvaeplus_jax'
-
-
-def _weights_error(path, expected: str, actual: str) -> InceptionWeightsError:
-  return InceptionWeightsError(
-      f'FID Inception weights {str(path)!r}: expected a file whose SHA-256 '
-      f'starts with {expected!r}, got {actual}. Download the official '
-      f'pytorch-fid weights ({FID_WEIGHTS_FILENAME}) from {FID_WEIGHTS_URL} '
-      'and pass its path; FID is never computed with other (e.g. random) '
-      'weights.'
-  )
-
-
-def load_inception_variables(
-    path: str | os.PathLike,
-    *,
-    sha256_prefix: str = FID_WEIGHTS_SHA256_PREFIX,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-) -> Variables:
-  """Loads pytorch-fid's FID Inception weights as Flax variables, torch-free.
-
-  The file's SHA-256 must start with `sha256_prefix`: for the official
-  `pt_inception-2015-12-05-6726825d.pth` that is '6726825d', the 8 hex digits
-  in its name (torch.hub's convention). The converted variables are cached as
-  `<cache_dir>/fid_inception_v1_<sha256>.npz`, so later loads skip the
-  unpickling and conversion (the source is still hashed).
-
-  Args:
-    path: the user-supplied `.pth` (download: `FID_WEIGHTS_URL`).
-    sha256_prefix: expected leading hex digits (at least 8) of the SHA-256.
-    cache_dir: where the converted `.npz` lives (default
-      `default_cache_dir()`).
-    use_cache: read/write the `.npz` cache.
-
-  Returns:
-    {'params': ..., 'batch_stats': ...} of float32 numpy arrays.
-
-  Raises:
-    InceptionWeightsError: the file is absent, its hash does not match, or
-      its contents do not fit the FID InceptionV3.
-  """
-  path = pathlib.Path(path).expanduser()
-  prefix = sha256_prefix.lower()
-  if len(prefix) < 8 or any(c not in '0123456789abcdef' for c in prefix):
-    raise ValueError(f'sha256_prefix must be >= 8 hex digits: {prefix!r}')
-  if not path.is_file():
-    raise _weights_error(path, prefix, 'no such file')
-  digest = file_sha256(path)
-  if not digest.startswith(prefix):
-    raise _weights_error(path, prefix, f'sha256 {digest} (corrupt or wrong)')
-
-  cache_file = None
-  if use_cache:
-    cache_dir = pathlib.Path(cache_dir or default_cache_dir()).expanduser()
-    cache_file = cache_dir / f'fid_inception_v{_CACHE_VERSION}_{digest}.npz'
-    if cache_file.is_file():
-      try:
-        with np.load(cache_file) as npz:
-          flat = {tuple(k.split('/')): npz[k] for k in npz.files}
-        _check_variables(flat)
-        return traverse_util.unflatten_dict(flat)
-      except (OSError, ValueError, KeyError, zipfile.BadZipFile,
-              InceptionWeightsError) as e:
-        warnings.warn(f'ignoring unreadable FID cache {cache_file}: {e}')
-
-  try:
-    state_dict = read_torch_state_dict(path)
-  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError,
-          IndexError, AttributeError, zipfile.BadZipFile) as e:
-    raise InceptionWeightsError(
-        f'cannot read FID Inception weights {str(path)!r}: {e}'
-    ) from e
-  variables = convert_state_dict(state_dict)
-
-  if cache_file is not None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    flat = traverse_util.flatten_dict(variables, sep='/')
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix='.npz.tmp')
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        np.savez(f, **flat)
-      os.replace(tmp, cache_file)
-    except BaseException:
-      pathlib.Path(tmp).unlink(missing_ok=True)
-      raise
-  return variables
 
 
 # ---------------------------------------------------------------------------
@@ -703,10 +252,6 @@ def fid_from_features(features1, features2) -> float:
 
 _LEVELS = np.arange(256) / 255  # exact k / 255 (float64)
 
-
-def default_weights_path() -> pathlib.Path:
-  """`default_cache_dir() / FID_WEIGHTS_FILENAME`, where eval.py looks."""
-  return default_cache_dir() / FID_WEIGHTS_FILENAME
 
 
 def default_stats_dir() -> pathlib.Path:

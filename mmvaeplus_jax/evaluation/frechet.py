@@ -48,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import distributions
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax import generation
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.models import base
@@ -85,16 +85,6 @@ class FeatureNet:
 # target) pair of modalities with equal architectures, and every alpha.
 
 
-def _example_noise(family, key, index, size) -> Array:
-  """`[B, size]` standardised noise, row i from `fold_in(key, index[i])`."""
-  return jax.vmap(lambda i: distributions.noise(
-      family, jax.random.fold_in(key, i), (size,)))(index)
-
-
-def _slice(x, start, size):
-  return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
-
-
 def unconditional_images(key, model: base.MultimodalVAE, params, index,
                          *, target: str, alpha=1.0) -> Array:
   """Modality `target` of joint prior samples `index`: `[B, *event]` means.
@@ -109,11 +99,9 @@ def unconditional_images(key, model: base.MultimodalVAE, params, index,
 
 
 def _uncond_decode(dec_params, key, d, index, *, model, decoder, alpha):
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
-  eps = _example_noise(model.family, key, index, dz + m * dw)
-  z = model.prior_scale(dz) * eps[:, :dz]
-  w = alpha * model.prior_scale(dw) * _slice(eps, dz + d * dw, dw)
-  return decoder.apply({'params': dec_params}, jnp.concatenate([w, z], -1))
+  z, w = generation.unconditional_per_example(key, model, index, alpha=alpha)
+  return decoder.apply({'params': dec_params},
+                       generation.concat_latents(w[d], z))
 
 
 def conditional_images(key, model: base.MultimodalVAE, params, x_source,
@@ -134,28 +122,11 @@ def conditional_images(key, model: base.MultimodalVAE, params, x_source,
 
 def _cond_decode(enc_params, dec_params, key, e, d, x_source, index, *,
                  model, encoder, decoder, alpha):
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
   loc_w, raw_w, loc_z, raw_z = encoder.apply({'params': enc_params}, x_source)
-  eps = _example_noise(model.family, key, index, m * dz + m * dw + m * m * dw)
-  # z ~ q(z | x_e): the model's posterior given this one modality
-  # (`sample_shared` over a one-member subset). The source's posteriors go
-  # in slot 0 of an M-stack whose other slots the mask leaves out: the
-  # subset stays a proper one (as it is for the model; MoPoE, e.g., adds
-  # the prior expert to the full set only), and e may stay traced.
-  def stack(x, fill):
-    return jnp.concatenate(
-        [x[None], jnp.full((m - 1,) + x.shape, fill, x.dtype)])
-
-  post = base.Posteriors(stack(loc_w, 0.0), stack(model.scale(raw_w), 1.0),
-                         stack(loc_z, 0.0), stack(model.scale(raw_z), 1.0))
-  z = model.sample_shared(post, np.arange(m)[None] == 0,
-                          jnp.zeros((1, x_source.shape[0])),
-                          _slice(eps, e * dz, dz)[None])[0]
-  w_post = loc_w + model.scale(raw_w) * _slice(eps, m * dz + e * dw, dw)
-  w_prior = alpha * model.prior_scale(dw) * _slice(
-      eps, m * dz + m * dw + (e * m + d) * dw, dw)
-  w = jnp.where(e == d, w_post, w_prior)  # e, d may be traced
-  return decoder.apply({'params': dec_params}, jnp.concatenate([w, z], -1))
+  u = generation.pair_latents_per_example(
+      key, model, loc_w, model.scale(raw_w), loc_z, model.scale(raw_z), index,
+      e, d, alpha=alpha)
+  return decoder.apply({'params': dec_params}, u)
 
 
 def _real_features(fparams, index, batch, *, apply):

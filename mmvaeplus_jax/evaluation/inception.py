@@ -18,7 +18,7 @@ Submodule names equal the PyTorch state-dict prefixes, so the variables are
 `params/<X>/conv/kernel` [kH, kW, I, O] (torch OIHW transposed (2, 3, 1, 0)),
 `params/<X>/bn/{scale,bias}` and `batch_stats/<X>/bn/{mean,var}` for every
 torch key `<X>.conv.weight`, `<X>.bn.{weight,bias,running_mean,running_var}`
-(see `fid.convert_state_dict`).
+(see `inception_weights.convert_state_dict`).
 
 Convolutions and the resize run at `lax.Precision.HIGHEST`, so GPUs do not
 fall back to TF32. The module is inference-only (BatchNorm always uses the

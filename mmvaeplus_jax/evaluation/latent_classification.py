@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import linear_model
 
-from mmvaeplus_jax import distributions
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax import generation
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import base
 
@@ -41,9 +41,6 @@ Params = Any
 KINDS = ('u', 'w', 'z')
 NUM_CLASSES = 10
 
-
-def _to_float(x):
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
 def sample_latents(key, model: base.MultimodalVAE, params: Params,
@@ -60,19 +57,9 @@ def sample_latents(key, model: base.MultimodalVAE, params: Params,
   Returns:
     (w `[M, B, Dw]`, z `[M, B, Dz]`); u is their concatenation.
   """
-  m, dw, dz = model.num_modalities, model.dim_w, model.dim_z
   post = model.encode(
-      params, {n: _to_float(jnp.asarray(batch[n])) for n in model.names})
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-  eps = jax.vmap(lambda k: distributions.noise(
-      model.family, k, (m, dw + dz)))(keys)  # [B, M, Dw + Dz]
-  eps = jnp.swapaxes(eps, 0, 1)  # [M, B, Dw + Dz]
-  w = post.loc_w + post.scale_w * eps[..., :dw]
-  # z ~ q(z | x_m), the model's posterior given modality m alone (for MoE
-  # models q_m itself; for PoE models the product with the prior expert).
-  z = model.sample_shared(post, np.eye(m, dtype=bool),
-                          jnp.zeros(eps.shape[:2]), eps[..., dw:])
-  return w, z
+      params, {n: api.to_float(jnp.asarray(batch[n])) for n in model.names})
+  return generation.posterior_per_example(key, model, post, index)
 
 
 def _latents_per_example(key, params, index, batch, *, model):

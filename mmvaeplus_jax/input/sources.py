@@ -15,12 +15,12 @@ from __future__ import annotations
 import jax
 from jax.experimental import multihost_utils
 
+from mmvaeplus_jax.input import builders
 from mmvaeplus_jax.input import pipeline
 
 
 def dataset_name(data) -> str:
   """'<name>/<config>' of `config.data`, checked against the known builders."""
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
   if data.name not in builders.BUILDER_FILES:
     raise ValueError(
         f'unknown data.name {data.name!r}; known:'
@@ -31,7 +31,6 @@ def dataset_name(data) -> str:
 def prepare_data(data) -> None:
   """Builds `config.data`'s dataset if needed: process 0 builds, the others
   wait for it."""
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
   name = dataset_name(data)
   if jax.process_index() == 0:
     builders.prepare(name, data.data_dir, manual_dir=data.manual_dir or None)
@@ -46,7 +45,6 @@ def split_source(data, split: str) -> pipeline.Source:
   In memory, a builder module's `compact_source` (when it has one, e.g.
   MNIST-SVHN's, whose pairs repeat each item 30 times) replaces reading the
   whole split (`builders.compact_source`)."""
-  from mmvaeplus_jax.input import builders  # pylint: disable=g-import-not-at-top
   name = dataset_name(data)
   manual_dir = data.manual_dir or None
   if data.in_memory:

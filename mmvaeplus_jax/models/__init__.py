@@ -15,6 +15,10 @@ Names (`config.model.name`):
 
 from __future__ import annotations
 
+from mmvaeplus_jax.models import dmvae
+from mmvaeplus_jax.models import mnist_svhn
+from mmvaeplus_jax.models import polymnist
+
 MODEL_NAMES = ('polymnist_mmvaeplus', 'polymnist_mmvae', 'polymnist_mvae',
                'polymnist_mopoe', 'polymnist_mmjsd', 'polymnist_dmvae')
 
@@ -28,25 +32,23 @@ MODEL_NAMES += MNIST_SVHN_MODEL_NAMES
 
 
 def _get_mnist_svhn_model(config):
-  from mmvaeplus_jax.models import mnist_svhn  # pylint: disable=g-import-not-at-top
   if config.name == 'mnist_svhn_dmvae':
-    from mmvaeplus_jax.models import dmvae  # pylint: disable=g-import-not-at-top
     mods = mnist_svhn.modalities(
         config.dim_w, config.dim_z, arch=config.arch,
         likelihood_scale=config.likelihood_scale,
         mnist_lambda=config.mnist_lambda)
     return dmvae.DMVAE(mods, dim_w=config.dim_w, dim_z=config.dim_z,
-                       family='normal', remat=config.get('remat', False))
+                       family='normal', remat=config.remat)
   return mnist_svhn.make_mnist_svhn(
       config.name.removeprefix('mnist_svhn_'),
       dim_w=config.dim_w, dim_z=config.dim_z, arch=config.arch,
       family=config.family, likelihood_scale=config.likelihood_scale,
-      mnist_lambda=config.mnist_lambda, remat=config.get('remat', False))
+      mnist_lambda=config.mnist_lambda, remat=config.remat)
 
 
 def cpu_microbatch_limits(config):
   """(examples, decoder rows) per device call of the train step's gradient
-  under `train.microbatch_size=-1` on CPU (`training/step.py:
+  under `train.microbatch_size=-1` on CPU (`training/microbatch.py:
   resolve_microbatch`), or None: one call.
 
   PolyMNIST, measured on the 2-core CPU (bench/RESULTS.md, 2026-12-03): at
@@ -65,18 +67,15 @@ def cpu_microbatch_limits(config):
 
 def get_model(config):
   """Builds the model a `config.model` section names."""
-  from mmvaeplus_jax.models import polymnist  # pylint: disable=g-import-not-at-top
   if config.name in MNIST_SVHN_MODEL_NAMES:
     return _get_mnist_svhn_model(config)
   common = dict(
       num_modalities=config.num_modalities,
-      names=config.get('modalities', ''), dim_z=config.dim_z,
+      names=config.modalities, dim_z=config.dim_z,
       width=config.width, likelihood_scale=config.likelihood_scale,
-      compute_dtype=config.get('compute_dtype', 'float32'),
-      remat=config.get('remat', False),
-      vmap_modalities=config.get('vmap_modalities', False),
-      conv_wgrad_chunk=config.get('conv_wgrad_chunk', -1),
-      conv_impl=config.get('conv_impl', 'xla'))
+      compute_dtype=config.compute_dtype, remat=config.remat,
+      vmap_modalities=config.vmap_modalities,
+      conv_wgrad_chunk=config.conv_wgrad_chunk, conv_impl=config.conv_impl)
   if config.name == 'polymnist_mmvaeplus':
     return polymnist.make_mmvaeplus(dim_w=config.dim_w, family=config.family,
                                     **common)
@@ -88,3 +87,17 @@ def get_model(config):
     return polymnist.make_gaussian_model(kind, dim_w=dim_w, **common)
   raise ValueError(
       f'unknown model.name {config.name!r}; known: {MODEL_NAMES}')
+
+
+def objective_options(objective_cfg, model) -> dict:
+  """The model's extra objective options (`model.objective_options`) read
+  from `config.objective`.
+
+  Raises:
+    ValueError: the config lacks one of them.
+  """
+  missing = [k for k in model.objective_options if k not in objective_cfg]
+  if missing:
+    raise ValueError(
+        f'{type(model).__name__} needs config.objective keys {missing}')
+  return {k: objective_cfg[k] for k in model.objective_options}

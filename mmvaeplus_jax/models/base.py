@@ -34,7 +34,7 @@ Contract (`MultimodalVAE` subclasses implement the abstract methods):
         leaves have at most one batch axis of size B, and the surrogate on
         it. Per-example: rows of `batch` and of the noise's batch axes
         map to the same rows of the output (the trainer's microbatches,
-        `training/step.py`, rely on it).
+        `training/microbatch.py`, rely on it).
     model.encode(params, batch) -> Posteriors            # unimodal, [M, B, D]
     model.decode(params, name, u [..., Dw + Dz]) -> [..., *event]
     model.sample_shared(post, subsets [S, M] bool, eps_choice [S, B],
@@ -55,13 +55,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, ClassVar, Mapping
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import distributions
+from mmvaeplus_jax.core import distributions
+from mmvaeplus_jax.core import types
 
 Array = jax.Array
 Params = Any
@@ -88,16 +88,6 @@ class Modality:
   log_likelihood: Callable[[Array, Array], Array]
   event_shape: tuple[int, ...]
   likelihood_scale: float = 1.0
-
-
-@flax.struct.dataclass
-class Posteriors:
-  """Stacked unimodal posteriors q_phi_m(w | x_m) q_phi_m(z | x_m)."""
-
-  loc_w: Array  # [M, B, Dw]  (Dw may be 0)
-  scale_w: Array  # [M, B, Dw]
-  loc_z: Array  # [M, B, Dz]
-  scale_z: Array  # [M, B, Dz]
 
 
 def uniform_from_noise(family, eps) -> Array:
@@ -191,13 +181,15 @@ class MultimodalVAE:
           f' got {estimator!r}')
     return estimator
 
-  def check_batch(self, batch: Batch) -> int:
+  def check_batch(self, batch: Batch, *, values: bool = True) -> int:
     """Validates a batch at trace time; returns the batch size B.
 
     Raises:
       ValueError: naming the offending modality and shape when the batch has
         missing or unknown modalities, mismatched batch sizes or a wrong event
-        shape.
+        shape; on a concrete batch (outside jit) also for non-finite values
+        and images that are not floats in [0, 1] (`check_values`), unless
+        `values=False` (`init`, which reads only shapes).
     """
     if not isinstance(batch, Mapping):
       raise ValueError(
@@ -222,6 +214,9 @@ class MultimodalVAE:
       raise ValueError(
           f'all modalities of a batch must have the same batch size B, got'
           f' {sizes}')
+    if values:
+      for m in self.modalities:
+        check_values(m, batch[m.name])
     return next(iter(sizes.values()))
 
   def uniform_from_noise(self, eps) -> Array:
@@ -250,19 +245,19 @@ class MultimodalVAE:
                          estimator: str | None = None, **options) -> Array:
     raise NotImplementedError
 
-  def encode(self, params, batch: Batch) -> Posteriors:
+  def encode(self, params, batch: Batch) -> types.Posteriors:
     raise NotImplementedError
 
   def decode(self, params, name: str, u: Array) -> Array:
     raise NotImplementedError
 
-  def sample_shared(self, post: Posteriors, subsets: np.ndarray,
+  def sample_shared(self, post: types.Posteriors, subsets: np.ndarray,
                     eps_choice: Array, eps: Array) -> Array:
     raise NotImplementedError
 
   # ------------------------------------------------ overridable defaults
 
-  def joint_components(self, post: Posteriors) -> tuple[Array, Array]:
+  def joint_components(self, post: types.Posteriors) -> tuple[Array, Array]:
     """q(z | x_1:M) as an equal-weight mixture of R components of `family`:
     (loc, scale) `[R, B, Dz]`. The importance-sampled log p(x) uses it as
     its proposal, stratified over the R components. Default: the M
@@ -272,7 +267,38 @@ class MultimodalVAE:
     return post.loc_z, post.scale_z
 
 
-def mixture_sample_shared(post: Posteriors, subsets: np.ndarray, u: Array,
+def check_values(mod: Modality, x) -> None:
+  """Values of one modality's concrete batch (a traced one is skipped: the
+  check costs a host transfer, and under jit the shapes were checked).
+
+  Raises:
+    ValueError: naming the modality, when `x` holds NaN or infinite values,
+      or when an image modality (event shape `(H, W, C)`) is not float or
+      has values outside [0, 1] (e.g. uint8 or 0..255 floats: divide by 255).
+  """
+  if isinstance(x, jax.core.Tracer):
+    return
+  x = np.asarray(x)
+  image = len(mod.event_shape) == 3
+  if image and not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(
+        f'batch[{mod.name!r}] has dtype {x.dtype}: images must be floats in'
+        ' [0, 1] (for uint8 images use x.astype(np.float32) / 255)')
+  if not np.issubdtype(x.dtype, np.floating):
+    return
+  bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+  if bad:
+    raise ValueError(
+        f'batch[{mod.name!r}] holds {bad} non-finite values (NaN or inf):'
+        ' clean or drop those examples before computing the bound')
+  if image and x.size and (x.min() < 0.0 or x.max() > 1.0):
+    raise ValueError(
+        f'batch[{mod.name!r}] has values in [{float(x.min()):.4g},'
+        f' {float(x.max()):.4g}]: images must be in [0, 1] (for 0..255'
+        ' images divide by 255)')
+
+
+def mixture_sample_shared(post: types.Posteriors, subsets: np.ndarray, u: Array,
                           eps: Array) -> Array:
   """z ~ (1/|S|) sum_{m in S} q_m(z | x_m): a uniform member, then its sample.
 

@@ -1,6 +1,6 @@
 """Convolutions with a batch-sliced weight gradient (XLA:CPU speed).
 
-With XLA:CPU's convolutions on Eigen (opt-in, `mmvaeplus_jax/xla_cpu.py`:
+With XLA:CPU's convolutions on Eigen (opt-in, `mmvaeplus_jax/infra/xla_cpu.py`:
 $MMVAEPLUS_CPU_CONVOLUTIONS=eigen) the automatic setting uses XLA's own
 weight gradient: there the forward pass plus weight gradient of the
 64 -> 64 layer at 28 x 28 took 112-119 ms for 80 rows and 945 ms for 640
@@ -46,7 +46,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from mmvaeplus_jax import xla_cpu
+from mmvaeplus_jax.infra import onednn
+from mmvaeplus_jax.infra import xla_cpu
 
 # The automatic slice size on XLA:CPU: about `CPU_WGRAD_PIXELS` output pixels
 # per slice (1 row at 28 x 28, 4 at 14 x 14, 16 at 7 x 7), at most
@@ -68,7 +69,7 @@ CPU_WGRAD_MAX_SLICES = 32
 CPU_WGRAD_MIN_FLOPS = 2e8
 AUTO = -1  # config value: automatic per platform and layer shape
 # What the networks get instead of a slice size when `model.conv_impl` is
-# 'onednn': every convolution on oneDNN custom calls (mmvaeplus_jax/onednn.py).
+# 'onednn': every convolution on oneDNN custom calls (mmvaeplus_jax/infra/onednn.py).
 ONEDNN = 'onednn'
 # ... with the convolutions' operands rounded to bfloat16 (float32 sums and
 # results; `onednn.bf16_operands`).
@@ -117,8 +118,9 @@ def resolve_conv(wgrad_chunk: int, impl: str = 'xla',
   """`model.conv_wgrad_chunk` and `model.conv_impl` -> what the networks'
   convolutions get (`make_conv_general_dilated`'s argument): `ONEDNN` /
   `ONEDNN_BF16` for impl 'onednn' / 'onednn_bf16' (CPU only; builds and
-  registers the custom calls now, so a missing oneDNN or compiler stops
-  here with one error naming the fix),
+  registers the custom calls now, so a missing oneDNN or compiler, or a
+  CPU without oneDNN's bf16 kernels, stops here with one error naming the
+  fix),
   else `resolve_wgrad_chunk(wgrad_chunk)`."""
   if impl not in CONV_IMPLS:
     raise ValueError(
@@ -129,8 +131,11 @@ def resolve_conv(wgrad_chunk: int, impl: str = 'xla',
       raise ValueError(
           f"model.conv_impl={impl!r} runs on CPU only, this program runs on"
           f" {platform!r}: use model.conv_impl='xla'")
-    from mmvaeplus_jax import onednn  # pylint: disable=g-import-not-at-top
     onednn.register()
+    if impl == ONEDNN_BF16 and (why := onednn.bf16_unsupported()):
+      raise ValueError(
+          f"model.conv_impl='onednn_bf16': {why}; use model.conv_impl="
+          "'onednn' (float32 operands) or 'xla'")
     return impl
   return resolve_wgrad_chunk(wgrad_chunk, platform)
 
@@ -142,7 +147,6 @@ def make_conv_general_dilated(wgrad_chunk: int | str):
   layer's shape; 0: the plain convolution). Any layout, strides, padding,
   dilation. `ONEDNN`: `onednn.conv_general_dilated` (oneDNN custom calls)."""
   if wgrad_chunk in (ONEDNN, ONEDNN_BF16):
-    from mmvaeplus_jax import onednn  # pylint: disable=g-import-not-at-top
     return (onednn.conv_general_dilated if wgrad_chunk == ONEDNN else
             onednn.bf16_operands)
   if not wgrad_chunk:

@@ -1,7 +1,8 @@
 """Base of the Gaussian-posterior baselines (MVAE, MoPoE-VAE, MMJSD, DMVAE).
 
-These models reuse `MMVAEPlus`'s networks, parameters (minus the auxiliary
-priors), `init`, `encode` and `decode`; what differs is
+These models share MMVAE+'s per-modality networks and parameters
+(`networks.NetworkVAE`: `init`, `encode`, `decode`), not its auxiliary
+priors or its objective; what they add is
 
 * the scale map: the encoders' raw scale head is a LOG-VARIANCE,
   sigma = exp(raw / 2), and the fixed priors are N(0, I) (`prior_scale` =
@@ -26,13 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import aggregation
-from mmvaeplus_jax.models import base
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.core import aggregation
+from mmvaeplus_jax.core import types
+from mmvaeplus_jax.models import networks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
+class GaussianMultimodalVAE(networks.NetworkVAE):
   """Gaussian posteriors with log-variance heads, N(0, I) priors.
 
   Subclasses implement `sample_noise(key, num_samples, batch_size,
@@ -63,12 +64,6 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     """sigma = exp(raw / 2): `raw` is a log-variance (prior: raw = 0)."""
     return jnp.exp(0.5 * raw)
 
-  def init(self, key, batch):
-    """`MMVAEPlus.init` without the auxiliary priors (unused here)."""
-    params = super().init(key, batch)
-    params.pop('aux_prior', None)
-    return params
-
   def objective_noise(self, key, num_samples: int, batch_size: int,
                       **options):
     """The noise `objective` draws from `key` (`sample_noise`)."""
@@ -84,20 +79,20 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     """`[S]` bool: whether q(z | x_S) includes the prior expert."""
     raise NotImplementedError
 
-  def subset_posterior(self, post: base.Posteriors, subsets):
+  def subset_posterior(self, post: types.Posteriors, subsets):
     """The model's q(z | x_S): loc, scale `[S, B, Dz]` (`gaussian_poe`)."""
     return aggregation.gaussian_poe(
         post.loc_z, post.scale_z, subsets,
         prior_scale=self.prior_scale(self.dim_z),
         prior_expert=self.prior_expert(subsets))
 
-  def sample_shared(self, post: base.Posteriors, subsets, eps_choice, eps):
+  def sample_shared(self, post: types.Posteriors, subsets, eps_choice, eps):
     """z ~ q(z | x_S), the model's product of experts: `[S, B, Dz]`."""
     del eps_choice  # a product has one component
     loc, scale = self.subset_posterior(post, np.asarray(subsets, bool))
     return loc + scale * eps
 
-  def joint_components(self, post: base.Posteriors):
+  def joint_components(self, post: types.Posteriors):
     """q(z | x_1:M) as one component: the product of all experts."""
     return self.subset_posterior(
         post, np.ones((1, post.loc_z.shape[0]), bool))
@@ -130,7 +125,7 @@ class GaussianMultimodalVAE(mmvaeplus.MMVAEPlus):
     return mod.likelihood_scale * one(params['decoders'][name], u,
                                       batch[name])
 
-  def private_kl(self, post: base.Posteriors):
+  def private_kl(self, post: types.Posteriors):
     """sum_d KL(q_d(w_d | x_d) || p(w)): `[B]` (0 without private latents)."""
     if self.dim_w == 0:
       return jnp.zeros(post.loc_z.shape[1], post.loc_z.dtype)

@@ -30,7 +30,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mmvaeplus_jax import aggregation
+from mmvaeplus_jax.core import aggregation
+from mmvaeplus_jax.core import types
 from mmvaeplus_jax.models import base
 from mmvaeplus_jax.models import gaussian
 
@@ -57,7 +58,7 @@ class MMJSD(gaussian.GaussianMultimodalVAE):
             'z': self.normal(kz, (k, b, self.dim_z)),
             'w': self.normal(kw, (m, k, b, self.dim_w))}
 
-  def divergence(self, post: base.Posteriors):
+  def divergence(self, post: types.Posteriors):
     """JS_pi(q_1, .., q_M, p(z)) `[B]` (`jensen_shannon_dynamic_prior`)."""
     js, _, _ = aggregation.jensen_shannon_dynamic_prior(
         post.loc_z, post.scale_z, prior_scale=self.prior_scale(self.dim_z))

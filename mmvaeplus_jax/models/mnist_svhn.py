@@ -63,7 +63,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmvaeplus_jax import distributions
+from mmvaeplus_jax.core import distributions
 from mmvaeplus_jax.models import mmvaeplus
 from mmvaeplus_jax.models import polymnist
 

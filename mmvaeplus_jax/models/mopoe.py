@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import aggregation
+from mmvaeplus_jax.core import aggregation
 from mmvaeplus_jax.models import gaussian
 
 

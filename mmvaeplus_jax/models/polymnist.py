@@ -43,10 +43,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmvaeplus_jax import distributions
+from mmvaeplus_jax.core import distributions
 from mmvaeplus_jax.input import polymnist_data
 from mmvaeplus_jax.models import conv as conv_lib
+from mmvaeplus_jax.models import dmvae
+from mmvaeplus_jax.models import mmjsd
 from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import mopoe
+from mmvaeplus_jax.models import mvae
 
 EVENT_SHAPE = (28, 28, 3)
 LIKELIHOOD_SCALE = 0.75  # fixed Laplace scale of p(x_d | u), official
@@ -297,7 +301,7 @@ def make_mmvaeplus(
       on GPU/TPU XLA's own), 0 = XLA's own, n > 0 = slices of n rows. Same
       values; gradients equal up to float32 reassociation.
     conv_impl: 'xla' (default) or 'onednn': every convolution as oneDNN
-      custom calls on CPU (`mmvaeplus_jax/onednn.py`; values and gradients
+      custom calls on CPU (`mmvaeplus_jax/infra/onednn.py`; values and gradients
       equal up to float32 reassociation; `conv_wgrad_chunk` is then unused).
   """
   mods = make_modalities(
@@ -362,12 +366,6 @@ def make_gaussian_model(
       width, likelihood_scale, compute_dtype, conv_wgrad_chunk,
       conv_impl).
   """
-  # pylint: disable=g-import-not-at-top
-  from mmvaeplus_jax.models import dmvae
-  from mmvaeplus_jax.models import mmjsd
-  from mmvaeplus_jax.models import mopoe
-  from mmvaeplus_jax.models import mvae
-  # pylint: enable=g-import-not-at-top
   classes = {'mvae': mvae.MVAE, 'mopoe': mopoe.MoPoE, 'mmjsd': mmjsd.MMJSD,
              'dmvae': dmvae.DMVAE}
   if kind not in classes:

@@ -12,10 +12,11 @@
   ETA, evaluates the test bound and writes unconditional and cross-modal
   sample grids (PNG) every `eval_every_steps`, checkpoints every
   `checkpoint_every_steps` and at the end;
-* with `train.final_coherence`, measures the final cross-modal coherence
-  (`evaluation.coherence`) with digit classifiers trained in the run on the
-  train split (or loaded from `evals.classifier_dir`), prints it and adds
-  it to `metrics.json`;
+* after the last step runs the final evaluators it is handed
+  (`final_evals`; e.g. the end-of-run coherence of `train.final_coherence`,
+  `evaluation/final_coherence.py`, which `experiments.train.train` hands
+  over) and adds their metrics to `metrics.json`; the loop itself imports
+  nothing of `evaluation/`;
 * on SIGTERM saves a checkpoint and returns normally (exit status 0);
 * with `train.max_train_seconds > 0`, stops at the first log step past that
   much training time (from the start of this call), saves a checkpoint and
@@ -32,6 +33,7 @@ import os
 import signal
 import threading
 import time
+from typing import Callable, Sequence
 
 from absl import logging
 import jax
@@ -40,16 +42,19 @@ import numpy as np
 import tqdm
 
 from mmvaeplus_jax import models
-from mmvaeplus_jax import parallel
-from mmvaeplus_jax import plotting
-from mmvaeplus_jax import runs
-from mmvaeplus_jax.evaluation import classifiers
-from mmvaeplus_jax.evaluation import coherence
+from mmvaeplus_jax import sample_grids
+from mmvaeplus_jax import train_state
+from mmvaeplus_jax.infra import checkpointing
+from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.infra import rundir
+from mmvaeplus_jax.infra import writers
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.input import sources
-from mmvaeplus_jax.training import checkpointing
 from mmvaeplus_jax.training import step as step_lib
-from mmvaeplus_jax.training import writers
+
+# A final evaluator: (config, workdir, model, params, train_src, eval_src,
+# key, mesh) -> {metric: float}.
+FinalEval = Callable[..., dict]
 
 
 class NonFiniteError(RuntimeError):
@@ -99,19 +104,42 @@ def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
   return total / (n_batches * global_batch)
 
 
-def train_and_evaluate(config, workdir: str):
+def train_and_evaluate(config, workdir: str, *,
+                       final_evals: Sequence[FinalEval] = ()):
   """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Args:
+    config: the run's config.
+    workdir: its directory.
+    final_evals: evaluators run once after the last step (not after a
+      SIGTERM), each `fn(config, workdir, model, params, train_src, eval_src,
+      key, mesh) -> {metric: float}` with the final params, both data
+      sources, the key `fold_in(eval_key, num_steps)` and the mesh; their
+      metrics go to TensorBoard and metrics.json. `train.final_coherence`
+      asks for `evaluation.final_coherence.final_coherence`:
+      `experiments.train.train(config, workdir)` (what train.py calls) hands
+      it over.
 
   Returns:
     The final metrics dict (also written to `workdir/metrics.json`).
+
+  Raises:
+    ValueError: `train.final_coherence` is set but no final evaluator was
+      handed over.
   """
+  if config.train.final_coherence and not final_evals:
+    raise ValueError(
+        'config.train.final_coherence is set but train_and_evaluate was'
+        ' handed no final evaluator: call mmvaeplus_jax.experiments.train.'
+        'train(config, workdir) (what train.py does), or pass final_evals='
+        '[evaluation.final_coherence.final_coherence]')
   checkpointing.quiet_orbax()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
-  runs.save_config(config, workdir)  # the run describes itself
+  rundir.save_config(config, workdir)  # the run describes itself
   tc = config.train
   model = models.get_model(config.model)
-  tx = step_lib.make_optimizer(config.optim)
+  tx = train_state.make_optimizer(config.optim)
   train_src, eval_src = sources.load_sources(config.data)
   keys = tuple(model.names) + ('label',)  # only what the model reads
   train_src, eval_src = (pipeline.Select(s, keys) for s in (train_src, eval_src))
@@ -130,7 +158,7 @@ def train_and_evaluate(config, workdir: str):
   # Shapes first: the abstract state, then init or restore into it.
   example = pipeline.host_batch(train_src, 0, seed=config.seed,
                                 global_batch=tc.batch_size)
-  init_fn = functools.partial(step_lib.init_state, model=model, tx=tx)
+  init_fn = functools.partial(train_state.init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init_fn, init_key, example)
   abstract = checkpointing.abstract_with_shardings(abstract, repl)
   manager = checkpointing.make_manager(
@@ -156,7 +184,7 @@ def train_and_evaluate(config, workdir: str):
   eval_fn = jax.jit(functools.partial(
       step_lib.eval_step, model=model, num_samples=o.num_samples,
       beta=o.beta,
-      options=tuple(step_lib.objective_options(o, model).items())))
+      options=tuple(models.objective_options(o, model).items())))
 
   is_main = jax.process_index() == 0
   writer = writers.create_writer(workdir, just_logging=not is_main)
@@ -242,12 +270,11 @@ def train_and_evaluate(config, workdir: str):
       drain(pending)
   bar.close()
   manager.wait_until_finished()
-  if tc.final_coherence and not sigterm.received:
-    coh = final_coherence(config, workdir, model, state.params, train_src,
-                          eval_src, jax.random.fold_in(eval_key, num_steps),
-                          mesh)
-    writer.write_scalars(int(state.step), coh)
-    summary.update(coh)
+  for final_eval in final_evals if not sigterm.received else ():
+    out = final_eval(config, workdir, model, state.params, train_src,
+                     eval_src, jax.random.fold_in(eval_key, num_steps), mesh)
+    writer.write_scalars(int(state.step), out)
+    summary.update(out)
   writer.flush()
   summary['step'] = int(state.step)
   summary['train/nonfinite_steps'] = int(state.nonfinite_total)
@@ -279,89 +306,12 @@ def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
       eval_fn, params, eval_src, k_bound,
       num_examples=config.train.eval_examples,
       global_batch=config.train.batch_size, mesh=mesh)
-  images = plotting.write_sample_grids(workdir, step, model, params, eval_src,
+  images = sample_grids.write_sample_grids(workdir, step, model, params, eval_src,
                                        k_grid, config.train.grid_examples,
                                        mesh)
   writer.write_scalars(step, {'eval/bound': bound})
   writer.write_images(step, images)
   return {'eval/bound': bound}
-
-
-def final_coherence(config, workdir, model, params, train_src, eval_src, key,
-                    mesh) -> dict[str, float]:
-  """The run's cross-modal coherence, printed; returns its metrics.
-
-  Classifiers: `evals.classifier_dir` if set, else one classifier per
-  modality of architecture `train.final_coherence_clf_arch` ('': the
-  default of the image shape, 'wide' for PolyMNIST; the demo's and smoke
-  test's: the 'official' `ClfImg`) trained here on the whole train split for
-  `train.final_coherence_clf_epochs` epochs (seed `config.seed`; every
-  process trains the same ones) and saved to `workdir/classifiers`, so that
-  `eval.py` can reuse them. The coherence is
-  `coherence.conditional_coherence` on the first
-  `train.final_coherence_examples` test examples (-1: all): keys
-  `coherence/cond/<source>-><target>` (the diagonal is the
-  self-reconstruction), per target and mean, plus the classifiers' test
-  accuracies `coherence/classifier_test_accuracy/<name>` (the ceiling of
-  the coherence).
-  """
-  tc, names = config.train, tuple(model.names)
-  start = time.time()
-  n_test = len(eval_src)
-  if tc.final_coherence_examples > 0:
-    n_test = min(n_test, int(tc.final_coherence_examples))
-  test = eval_src.read(np.arange(n_test))
-  if config.evals.classifier_dir:
-    clf_params, meta = classifiers.load_classifiers(
-        config.evals.classifier_dir, names)
-    accs = {n: meta.get('test_accuracy', {}).get(n) for n in names}
-  else:
-    train = train_src.read(np.arange(len(train_src)))
-    clf_params, accs = classifiers.train_and_evaluate(
-        train, test, names, seed=config.seed,
-        epochs=int(tc.final_coherence_clf_epochs),
-        arch=tc.get('final_coherence_clf_arch') or None, log=logging.info)
-    # Every process trained the same classifiers (same data and key); all
-    # take part in orbax's save (host values: the primary host writes).
-    classifiers.save_classifiers(
-        os.path.join(workdir, 'classifiers'), jax.device_get(clf_params),
-        metadata={'test_accuracy': accs, 'trained_by': 'final_coherence',
-                  'epochs': int(tc.final_coherence_clf_epochs),
-                  'num_test': n_test})
-  clf_params = parallel.replicate(mesh, jax.device_get(clf_params))
-  # The key as a replicated global array (a multi-process mesh is not
-  # addressable by device_put).
-  key = parallel.replicate_key(mesh, key)
-  result = coherence.conditional_coherence(
-      key, model, params, classifiers.classify, clf_params, test,
-      batch_size=config.evals.batch_size, mesh=mesh)
-  out = result.metrics('coherence/cond')
-  for name in names:
-    if accs.get(name) is not None:
-      out[f'coherence/classifier_test_accuracy/{name}'] = float(accs[name])
-  if jax.process_index() == 0:
-    print(_coherence_table(result, accs, time.time() - start), flush=True)
-  return out
-
-
-def _coherence_table(result, accs, seconds) -> str:
-  """Cross-modal coherence as a source x target table, for the console."""
-  names = result.names
-  lines = [f'Cross-modal coherence on {result.total} test examples (rows:'
-           ' source, columns: target; diagonal: self-reconstruction;'
-           f' chance 0.10; {seconds:.0f} s):',
-           '        ' + ''.join(f'{n:>8}' for n in names)]
-  for e, src in enumerate(names):
-    lines.append(f'{src:>8}' + ''.join(
-        f'{result.matrix[e, d]:8.3f}' for d in range(len(names))))
-  pairs = [result.matrix[e, d] for e in range(len(names))
-           for d in range(len(names)) if e != d]
-  lines.append(f'cross-modal: mean {result.mean:.3f}, worst pair'
-               f' {min(pairs) if pairs else float("nan"):.3f}; classifier'
-               ' test accuracy ' + ', '.join(
-                   f'{n} {accs[n]:.3f}' for n in names
-                   if accs.get(n) is not None))
-  return '\n'.join(lines)
 
 
 def _flatten(d, prefix=''):

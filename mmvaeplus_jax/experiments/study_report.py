@@ -1,7 +1,7 @@
 """A study's figures and its re-scoring with another classifier set.
 
 * `write_figures(study, root, out_dir)`: from the finished runs
-  (`study.collect`), PNGs for docs/results.md: `scatter.png` (Fig. 1
+  (`records.collect`), PNGs for docs/results.md: `scatter.png` (Fig. 1
   right: conditional coherence vs FD_clf, and the unconditional pair; one
   point per cell, mean +- std over seeds), `latent.png` (Fig. 11: linear
   latent classification on z, w, u per cell), `diversity.png` (sample
@@ -25,8 +25,8 @@
   (`rescored/<tag>`, also those made at training time by `Study.rescore`),
   so with `records` the table needs no run directory.
 
-Command line: `python -m mmvaeplus_jax.study ... --report OUT_DIR` and
-`--rescore CLASSIFIER_DIR --tag NAME`.
+Command line: `python -m mmvaeplus_jax.tools.study ... --report OUT_DIR`
+and `--rescore CLASSIFIER_DIR --tag NAME` (tools/study.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ from typing import Callable, Sequence
 from matplotlib import figure as mpl_figure
 import numpy as np
 
-from mmvaeplus_jax import study as study_lib
+from mmvaeplus_jax import models
+from mmvaeplus_jax.evaluation import runner
+from mmvaeplus_jax.experiments import records as records_lib
+from mmvaeplus_jax.experiments import study as study_lib
 
 DPI = 120
 LATENT_KINDS = ('z', 'w', 'u')
@@ -59,12 +62,12 @@ def _mean_std(records, key):
 
 
 def _finished(study, root, records):
-  """The finished runs' records (`study.collect`), or an error naming
+  """The finished runs' records (`records.collect`), or an error naming
   the fix."""
-  out = study_lib.collect(study, root, records)
+  out = records_lib.collect(study, root, records)
   if not out:
     raise FileNotFoundError(
-        f'{root}: no finished run (no */seed*/{study_lib.DONE_FILE}); run'
+        f'{root}: no finished run (no */seed*/{records_lib.DONE_FILE}); run'
         ' the study first')
   return out
 
@@ -93,13 +96,13 @@ def write_figures(study, root: str, out_dir: str, *,
   """Writes the study's figures (module docstring) into `out_dir`.
 
   Args:
-    study: the study (`study.load_study`).
+    study: the study (`records.load_study`).
     root: its directory.
     out_dir: where the PNGs go (created).
     cond, uncond: (x, y) metric keys of the two scatter panels.
     grid_file: the conditional grid copied per cell (default
       `cross_modal_<first modality>.png` of `evaluation.figures`).
-    records: the study's records folder (`run_study(records=...)`): runs
+    records: the study's records folder (`study.run_study(records=...)`): runs
       kept only there count in the plots; a cell's grid comes from its
       first run whose directory is still in `root`.
 
@@ -203,7 +206,7 @@ def _values(recs, key, tag=None):
   for r in recs:
     src = r.get('rescored', {}).get(tag, {}) if tag else r['eval']
     v = _metric(src, key)
-    if study_lib.is_number(v) and math.isfinite(float(v)):
+    if records_lib.is_number(v) and math.isfinite(float(v)):
       out.append(float(v))
   return out
 
@@ -263,7 +266,7 @@ def write_tables(study, root: str, out_dir: str, *,
     row += [_cell_text([r], ('coherence/cond/mean', 'coherence/uncond'),
                        '.3f', t) for t in tags]
     times = [r.get('train_seconds'), r.get('eval_seconds')]
-    row.append(' / '.join(f'{t:.0f}' if study_lib.is_number(t) else '–'
+    row.append(' / '.join(f'{t:.0f}' if records_lib.is_number(t) else '–'
                           for t in times) + ' s')
     row.append(str(r.get('commit', '–')))
     lines.append('| ' + ' | '.join(row) + ' |')
@@ -277,12 +280,11 @@ def _grid_of(cell, recs, root, grid_file):
   """The conditional grid of the cell's first run that still has one."""
   for rec in recs:
     step = rec['eval'].get('step')
-    eval_dir = os.path.join(study_lib.run_dir(root, cell, rec['seed']),
+    eval_dir = os.path.join(records_lib.run_dir(root, cell, rec['seed']),
                             'eval', str(step))
     if grid_file is not None:
       candidates = [grid_file]
     else:  # `figures`' grid of the first source, else the `grids` one
-      from mmvaeplus_jax import models  # pylint: disable=g-import-not-at-top
       first = models.get_model(cell.config.model).names[0]
       candidates = [f'cross_modal_{first}.png', f'cross_modal_{step:08d}.png'
                     if isinstance(step, int) else '']
@@ -307,16 +309,15 @@ def rescore(study, root: str, classifier_dir: str, tag: str, *,
   run's record (and its copy in `records`).
   """
   if evaluate is None:
-    from mmvaeplus_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
     evaluate = runner.evaluate
   if not os.path.isdir(classifier_dir):
     raise FileNotFoundError(f'classifier directory {classifier_dir} not found')
   rows = {}
-  for rec in study_lib.collect(study, root, records):
+  for rec in records_lib.collect(study, root, records):
     other = rec.get('rescored', {}).get(tag)
     if other is None:
       cell = next(c for c in study.cells if c.name == rec['cell'])
-      workdir = study_lib.run_dir(root, cell, rec['seed'])
+      workdir = records_lib.run_dir(root, cell, rec['seed'])
       step = rec['eval'].get('step')
       path = os.path.join(workdir, 'eval', f'{step}-{tag}', 'metrics.json')
       if os.path.isfile(path):
@@ -328,13 +329,13 @@ def rescore(study, root: str, classifier_dir: str, tag: str, *,
         continue
       else:
         other = study_lib.rescore_run(
-            study_lib.run_config(cell, rec['seed'], ''), workdir, step,
+            records_lib.run_config(cell, rec['seed'], ''), workdir, step,
             classifier_dir, tag, evaluate=evaluate, evaluators=evaluators)
         log(f'rescored {rec["cell"]} seed {rec["seed"]} with'
             f' {classifier_dir}')
-      other = {k: v for k, v in other.items() if study_lib.is_number(v)}
+      other = {k: v for k, v in other.items() if records_lib.is_number(v)}
       rec.setdefault('rescored', {})[tag] = other
-      study_lib.update_record(root, records, cell, rec)
+      records_lib.update_record(root, records, cell, rec)
     rows.setdefault(rec['cell'], []).append((rec['eval'], other))
   lines = [f'# Re-scored with `{classifier_dir}` (tag `{tag}`)', '',
            'Per cell: the study\'s classifiers, the other set, other - study'

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 from absl import logging
@@ -39,20 +40,30 @@ class LoggingWriter:
     pass
 
 
+def tensorboard_tag(name: str) -> str:
+  """A metric name as a legal TensorBoard tag (`[A-Za-z0-9_./-]`): `->` (a
+  source -> target pair) becomes `_to_`, any other illegal character `_`.
+  metrics.json keeps the original names."""
+  return re.sub(r'[^A-Za-z0-9_./-]', '_', name.replace('->', '_to_'))
+
+
 class TensorboardWriter:
-  """TensorBoard event files in `logdir` (tensorboardX)."""
+  """TensorBoard event files in `logdir` (tensorboardX); tags made legal by
+  `tensorboard_tag`."""
 
   def __init__(self, logdir: str):
     self._writer = tensorboardX.SummaryWriter(logdir=logdir)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     for key, value in scalars.items():
-      self._writer.add_scalar(key, float(value), global_step=step)
+      self._writer.add_scalar(tensorboard_tag(key), float(value),
+                              global_step=step)
 
   def write_images(self, step: int, images: Mapping[str, Any]):
     """`{name: uint8 [H, W, C]}` images."""
     for key, value in images.items():
-      self._writer.add_image(key, np.asarray(value), step, dataformats='HWC')
+      self._writer.add_image(tensorboard_tag(key), np.asarray(value), step,
+                             dataformats='HWC')
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._writer.add_text(

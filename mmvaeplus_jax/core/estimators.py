@@ -61,7 +61,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from mmvaeplus_jax import objectives
+from mmvaeplus_jax.core import objectives
 
 Estimator = Literal['iwae', 'dreg', 'dreg_mmvae']
 ESTIMATORS = ('iwae', 'dreg', 'dreg_mmvae')

@@ -10,9 +10,13 @@ makes XLA insert the all-reduce.
 
 from __future__ import annotations
 
+import os
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+
+from mmvaeplus_jax.infra import xla_cpu
 
 DATA_AXIS = 'data'
 
@@ -82,6 +86,9 @@ def replicate_key(mesh, key):
 def configure_jax(cache_dir: str | None = None) -> None:
   """Process-wide JAX settings used by the training and evaluation shells.
 
+  * the opt-in XLA:CPU convolution setting (`xla_cpu.configure`, off unless
+    MMVAEPLUS_CPU_CONVOLUTIONS=eigen): call this before the first JAX
+    computation of the process;
   * `jax_threefry_partitionable=False`: XLA:CPU compiled the partitionable
     threefry about 8x slower here (28 s vs 3.6 s for 8 `uniform` draws in one
     jit); random values stay a pure function of key and shape, so results are
@@ -91,9 +98,9 @@ def configure_jax(cache_dir: str | None = None) -> None:
     `~/.cache/mmvaeplus_jax/xla`, or $JAX_COMPILATION_CACHE_DIR), so a resumed
     or repeated run skips recompiling the same step.
   """
+  xla_cpu.configure()
   jax.config.update('jax_threefry_partitionable', False)
   if jax.config.jax_compilation_cache_dir is None:
-    import os  # pylint: disable=g-import-not-at-top
     cache_dir = cache_dir or os.path.join(
         os.path.expanduser('~'), '.cache', 'mmvaeplus_jax', 'xla')
     jax.config.update('jax_compilation_cache_dir', cache_dir)

@@ -25,7 +25,8 @@ step's compile time (no sliced weight gradients: 9-17 s against 25-38 s).
 So it is off by default; set $MMVAEPLUS_CPU_CONVOLUTIONS=eigen to use it
 (e.g. to measure it on another CPU).
 
-`configure()` runs when `mmvaeplus_jax` is imported. It appends the flag to
+`configure()` runs in the shells (`parallel.configure_jax`, called by
+train.py, eval.py and the study driver; never on import). It appends the flag to
 $XLA_FLAGS when all of these hold:
 
 * $MMVAEPLUS_CPU_CONVOLUTIONS is `eigen` (unset or `xla`: XLA's default);
@@ -34,7 +35,7 @@ $XLA_FLAGS when all of these hold:
 * $XLA_FLAGS names no `--xla_cpu_experimental_ynn_fusion_type` of its own
   (the user's choice wins);
 * no JAX backend has started yet (XLA reads XLA_FLAGS once, when the CPU
-  client starts; import `mmvaeplus_jax` before running JAX computations,
+  client starts; call `parallel.configure_jax()` before running JAX computations,
   or one warning says that the setting could not be applied).
 
 `cpu_convolutions()` says which implementation the CPU backend uses, so
@@ -95,9 +96,9 @@ def configure() -> str:
       and _jaxlib_version() in MEASURED_JAXLIB):
     if _backends_started():
       warnings.warn(
-          f'{ENV}=eigen has no effect: mmvaeplus_jax was imported after a'
-          ' JAX backend started, so XLA:CPU keeps its YNNPACK convolutions.'
-          ' Import mmvaeplus_jax before running JAX computations, or set'
+          f'{ENV}=eigen has no effect: it was applied after a JAX backend'
+          ' started, so XLA:CPU keeps its YNNPACK convolutions. Call'
+          ' mmvaeplus_jax.infra.parallel.configure_jax() before running JAX computations, or set'
           f' XLA_FLAGS={EIGEN_FLAG} before starting Python.', stacklevel=2)
     else:
       os.environ['XLA_FLAGS'] = f'{flags} {EIGEN_FLAG}'.strip()

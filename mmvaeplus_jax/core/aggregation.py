@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmvaeplus_jax import objectives
+from mmvaeplus_jax.core import objectives
 
 
 def gaussian_product(loc, scale, weights):

@@ -58,7 +58,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).parent / 'native' / 'onednn_conv.cc'
+SOURCE = pathlib.Path(__file__).parents[1] / 'native' / 'onednn_conv.cc'
 TARGETS = {
     'fwd': 'MmvaeOnednnConvFwd',
     'bwd_data': 'MmvaeOnednnConvBwdData',
@@ -288,6 +288,27 @@ def conv_general_dilated(lhs, rhs, window_strides, padding,
   out_dtype = jnp.dtype(preferred_element_type or lhs.dtype)
   return conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads,
                    out_dtype, jnp.dtype(operand_dtype or lhs.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_unsupported() -> str | None:
+  """Why this CPU's oneDNN cannot run bf16 convolutions, or None.
+
+  oneDNN 3.2 has bf16 convolution kernels only on AVX-512 CPUs (AVX512-BF16
+  natively, emulated on AVX512-core); elsewhere (e.g. an AVX2-only CPU)
+  creating the primitive fails when the program runs. Probed once per
+  process with one tiny bf16 convolution (registers the custom calls)."""
+  register()
+  x = jnp.ones((1, 4, 4, 2), jnp.float32)
+  w = jnp.ones((3, 3, 2, 2), jnp.float32)
+  try:
+    jax.block_until_ready(jax.jit(lambda x, w: bf16_operands(
+        x, w, (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC')))(x, w))
+  except jax.errors.JaxRuntimeError as e:
+    return (f'oneDNN has no bf16 convolution on this CPU (it needs AVX-512;'
+            f' {str(e).splitlines()[0][:160]})')
+  return None
 
 
 def bf16_operands(*args, **kwargs):

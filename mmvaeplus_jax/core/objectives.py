@@ -27,8 +27,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from mmvaeplus_jax import distributions
-from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.core import distributions
+from mmvaeplus_jax.core import types
 
 CrossPrivate = Literal['aux', 'posterior']
 CROSS_PRIVATE = ('aux', 'posterior')
@@ -99,7 +99,7 @@ def moe_iw_bound(log_weights):
   return jnp.mean(log_mean_exp(log_weights, axis=1), axis=0)
 
 
-def posterior_samples(posteriors: mmvaeplus.Posteriors, noise):
+def posterior_samples(posteriors: types.Posteriors, noise):
   """Reparameterised posterior samples of every stratum.
 
   Returns:

@@ -1,0 +1,62 @@
+"""The sample grids written during training and by the `grids` evaluator.
+
+`write_sample_grids` draws unconditional and cross-modal samples
+(`generation.py`) and writes them as two PNG grids.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+from mmvaeplus_jax import generation
+from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.infra import plotting
+from mmvaeplus_jax.input import pipeline
+
+
+def write_sample_grids(out_dir, step, model, params, eval_src, key, num,
+                       mesh, subdir='samples'):
+  """Unconditional and cross-modal sample grids -> PNG; returns the images.
+
+  Writes `out_dir/subdir/{unconditional,cross_modal}_<step>.png`. The cross
+  grid has one block per source: its inputs (top row), then its decodings by
+  every target (w ~ p(w)); the unconditional grid has one row per modality.
+  """
+  canvas = plotting.canvas_shape([mod.event_shape for mod in model.modalities])
+  n = min(num, len(eval_src))
+  examples = pipeline.to_model_inputs(eval_src.read(np.arange(n)))
+  batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
+  k_u, k_c = jax.random.split(key)
+  uncond = _generate_uncond(model, params, k_u, n)
+  cross = _generate_cross(model, params, batch, k_c)
+  uncond = np.stack([plotting.to_canvas(np.asarray(uncond[k]), canvas)
+                     for k in model.names])  # [M, N, ...]
+  cross = np.asarray(cross)  # [M_s, M_t, N, ...]
+  # Cross grid: one block per source: its inputs, then its M generations.
+  inputs = np.stack([plotting.to_canvas(np.asarray(examples[k], np.float32), canvas)
+                     for k in model.names])
+  blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
+  rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
+      (1 + model.num_modalities, -1) + blocks.shape[3:])
+  images = {'samples/unconditional': plotting.grid(uncond),
+            'samples/cross_modal': plotting.grid(rows)}
+  if jax.process_index() == 0:
+    for name, img in images.items():
+      plotting.save_png(
+          os.path.join(out_dir, subdir,
+                       f'{name.split("/")[1]}_{step:08d}.png'), img)
+  return images
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate_uncond(model, params, key, num):
+  return generation.unconditional(key, model, params, num)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generate_cross(model, params, batch, key):
+  return generation.cross_modal(key, model, params, batch)

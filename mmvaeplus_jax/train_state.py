@@ -1,0 +1,86 @@
+"""The train state: what a checkpoint holds, written by training, read by
+evaluation.
+
+`TrainState` (params, optimiser state, step, non-finite counters) is the one
+pytree orbax saves; `restore_params` rebuilds its abstract shape from a
+config (model and optimiser) and restores a checkpoint's params, so
+`training/` and `evaluation/` share the layout without importing each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mmvaeplus_jax import models
+from mmvaeplus_jax.infra import checkpointing
+from mmvaeplus_jax.infra import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32: completed steps (skipped ones included)
+  params: Any
+  opt_state: Any
+  nonfinite_consecutive: jax.Array  # [] int32
+  nonfinite_total: jax.Array  # [] int32
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """Adam (AMSGrad by default, as the official recipe) from `config.optim`."""
+  if optim.amsgrad:
+    return optax.amsgrad(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  return optax.adam(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+
+
+def init_state(key, example_batch, *, model, tx) -> TrainState:
+  params = model.init(key, {n: example_batch[n] for n in model.names})
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params),
+                    nonfinite_consecutive=zero, nonfinite_total=zero)
+
+
+@functools.lru_cache(maxsize=8)
+def _model(model_json: str):
+  """One model object per model config, so that repeated evaluations in a
+  process reuse the compiled functions (the model is a static jit argument,
+  hashed by identity)."""
+  return models.get_model(ml_collections.ConfigDict(json.loads(model_json)))
+
+
+def model_of(config):
+  """The model of `config.model` (cached per model config)."""
+  return _model(json.dumps(config.model.to_dict(), sort_keys=True))
+
+
+def restore_params(config, model, workdir: str, step: int | None = None, *,
+                   sharding=None) -> tuple[Any, int]:
+  """(params, step) of checkpoint `step` (default: the latest) of `workdir`.
+
+  Args:
+    sharding: where the params go (default: replicated over all devices).
+  """
+  checkpointing.quiet_orbax()
+  if sharding is None:
+    sharding = parallel.replicated(parallel.make_mesh())
+  tx = make_optimizer(config.optim)
+  example = {m.name: np.zeros((1,) + tuple(m.event_shape), np.float32)
+             for m in model.modalities}
+  abstract = jax.eval_shape(
+      functools.partial(init_state, model=model, tx=tx),
+      jax.random.key(0), example)
+  manager = checkpointing.make_manager(
+      os.path.join(os.path.abspath(os.path.expanduser(workdir)),
+                   'checkpoints'), read_only=True)
+  state = checkpointing.restore(
+      manager, checkpointing.abstract_with_shardings(abstract, sharding), step)
+  return state.params, int(state.step)
