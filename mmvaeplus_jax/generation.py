@@ -158,10 +158,12 @@ def cross_modal_latents(key, model, post: types.Posteriors, num_samples: int, *,
   eps_z, eps_w = draw(key, model, (m, num_samples, b), model.dim_z,
                        m * model.dim_w)
   z = unimodal_shared(model, post, eps_z)  # [M_s, S, B, Dz]
-  w = prior_from_noise(model, eps_w.reshape((m, num_samples, b, m, model.dim_w)),
+  w = prior_from_noise(
+      model, eps_w.reshape((m, num_samples, b, m, model.dim_w)),
              alpha)  # [M_s, S, B, M_t, Dw]
   w = jnp.transpose(w, (0, 3, 1, 2, 4))  # [M_s, M_t, S, B, Dw]
-  return concat_latents(w, jnp.broadcast_to(z[:, None], w.shape[:-1] + z.shape[-1:]))
+  return concat_latents(
+      w, jnp.broadcast_to(z[:, None], w.shape[:-1] + z.shape[-1:]))
 
 
 def unconditional_latents(key, model, num: int, *, alpha=1.0) -> Array:
@@ -174,12 +176,14 @@ def unconditional_latents(key, model, num: int, *, alpha=1.0) -> Array:
   m = model.num_modalities
   eps_z, eps_w = draw(key, model, (num,), model.dim_z, m * model.dim_w)
   z = prior_from_noise(model, eps_z)  # [N, Dz]
-  w = jnp.swapaxes(prior_from_noise(model, eps_w.reshape(num, m, model.dim_w), alpha),
+  w = jnp.swapaxes(
+      prior_from_noise(model, eps_w.reshape(num, m, model.dim_w), alpha),
                    0, 1)  # [M, N, Dw]
   return concat_latents(w, jnp.broadcast_to(z, (m,) + z.shape))
 
 
-def posterior_samples(key, model, post: types.Posteriors) -> tuple[Array, Array]:
+def posterior_samples(key, model, post: types.Posteriors
+                      ) -> tuple[Array, Array]:
   """One draw of every unimodal posterior: (w `[M, B, Dw]`, z `[M, B, Dz]`)."""
   eps_w, eps_z = draw(key, model, post.loc_w.shape[:-1], model.dim_w,
                        model.dim_z)

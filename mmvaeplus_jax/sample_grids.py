@@ -37,7 +37,8 @@ def write_sample_grids(out_dir, step, model, params, eval_src, key, num,
                      for k in model.names])  # [M, N, ...]
   cross = np.asarray(cross)  # [M_s, M_t, N, ...]
   # Cross grid: one block per source: its inputs, then its M generations.
-  inputs = np.stack([plotting.to_canvas(np.asarray(examples[k], np.float32), canvas)
+  inputs = np.stack([plotting.to_canvas(np.asarray(examples[k], np.float32),
+                                        canvas)
                      for k in model.names])
   blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
   rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(

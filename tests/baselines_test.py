@@ -25,6 +25,8 @@ from mmvaeplus_jax.core import aggregation
 from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import polymnist as polymnist_config
 from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.models import mmvaeplus
+from mmvaeplus_jax.models import networks
 from mmvaeplus_jax.models import polymnist
 
 U32 = 2.0 ** -24
@@ -359,3 +361,17 @@ def test_k_samples_average_the_reconstruction_term(images):
                 > 64 * U32 * np.abs(want))  # the two samples differ
   with pytest.raises(ValueError, match="supports estimators \\('elbo',\\)"):
     model.objective(jax.random.key(0), params, batch, estimator='iwae')
+
+
+@pytest.mark.parametrize('kind', ['mvae', 'mopoe', 'mmjsd', 'dmvae'])
+def test_a_baseline_is_not_an_mmvaeplus(kind):
+  """The Gaussian baselines share MMVAE+'s networks (`NetworkVAE`), not its
+  auxiliary priors: no `aux_prior` params, not an `MMVAEPlus`."""
+  model = polymnist.make_gaussian_model(
+      kind, num_modalities=2, dim_w=0 if kind in ('mvae', 'mopoe') else 4,
+      dim_z=4, width=0.0625)
+  assert isinstance(model, networks.NetworkVAE)
+  assert not isinstance(model, mmvaeplus.MMVAEPlus)
+  batch = {n: np.zeros((1, 28, 28, 3), np.float32) for n in model.names}
+  params = jax.eval_shape(model.init, jax.random.key(0), batch)
+  assert sorted(params) == ['decoders', 'encoders']

@@ -170,6 +170,11 @@ def base_config() -> ml_collections.ConfigDict:
       figures_source='',  # modality of the traversal/alpha figures ('' = first)
       figures_zoom=2,
       figures_chunk=128,  # latents per decoder call
+      # samples.npz (evaluation/samples.py): the first N test inputs, S
+      # cross-modal samples per (source, target) pair, U prior samples.
+      samples_num_examples=100,  # N (-1: every evaluated example)
+      samples_per_input=4,  # S
+      samples_num_unconditional=100,  # U
       traversal_steps=9,
       traversal_span=5.0,  # +- prior scales (paper: 5)
       traversal_quantiles=False,  # traverse prior quantiles instead

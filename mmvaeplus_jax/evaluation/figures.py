@@ -172,19 +172,21 @@ def _figure_latents(key, model, post, alpha, values, alphas, *, num_samples,
                                 alpha=alpha)
   one = jax.tree.map(lambda t: t[:, :1], post_in)
   return {
-      'cross': generation.cross_modal_latents(k_cross, model, post_in, num_samples,
-                                   alpha=alpha),  # [M_s, M_t, S, G, D]
+      'cross': generation.cross_modal_latents(
+          k_cross, model, post_in, num_samples,
+          alpha=alpha),  # [M_s, M_t, S, G, D]
       'unconditional': generation.unconditional_latents(
           k_unc, model, num_unconditional, alpha=alpha),  # [M, N, D]
       'private': generation.private_conditioning_latents(
           k_priv, model, post_in, post_priv),  # [M_s, M_t, G, G, D]
       'prior': generation.prior_shared_latents(k_prior, model, post_priv, g),
-      'traversal_z': generation.traversal_latents(w_bar, z_bar, values, kind='z',
-                                       relative=relative),  # [Dz, S, D]
-      'traversal_w': generation.traversal_latents(w_bar, z_bar, values, kind='w',
-                                       relative=relative),  # [Dw, S, D]
-      'alpha': generation.alpha_latents(k_alpha, model, one, alphas, grid_samples)[
-          :, source, :, :, 0],  # [A, M_t, S, D]
+      'traversal_z': generation.traversal_latents(
+          w_bar, z_bar, values, kind='z', relative=relative),  # [Dz, S, D]
+      'traversal_w': generation.traversal_latents(
+          w_bar, z_bar, values, kind='w', relative=relative),  # [Dw, S, D]
+      'alpha': generation.alpha_latents(
+          k_alpha, model, one, alphas, grid_samples)[
+              :, source, :, :, 0],  # [A, M_t, S, D]
   }
 
 
@@ -323,9 +325,10 @@ def write_figures(key, model, params, data: Mapping[str, np.ndarray],
   figs = figure_images(key, model, params, data, options)
   if write:
     for name, f in figs.items():
-      image_grids.save_image_grid(os.path.join(out_dir, name), f.images, title=f.title,
-                      row_labels=f.row_labels, col_labels=f.col_labels,
-                      zoom=options.zoom)
+      image_grids.save_image_grid(
+          os.path.join(out_dir, name), f.images, title=f.title,
+          row_labels=f.row_labels, col_labels=f.col_labels,
+          zoom=options.zoom)
   return sorted(figs)
 
 

@@ -109,9 +109,10 @@ def conditional_images(key, model: base.MultimodalVAE, params, x_source,
                        alpha=1.0) -> Array:
   """`target`'s generations from inputs `x_source [B, *event]`: `[B, *event]`.
 
-  Example i: z_e ~ q(z | x_e) (`model.sample_shared`); w ~ p(w) (scale alpha) when source !=
-  target, else w_e ~ q_e(w | x_e) (the self-reconstruction); all from
-  `fold_in(key, i)`, the same z_e for every target of a source.
+  Example i: z_e ~ q(z | x_e) (`model.sample_shared`); w ~ p(w) (scale
+  alpha) when source != target, else w_e ~ q_e(w | x_e) (the
+  self-reconstruction); all from `fold_in(key, i)` (`generation.py`), the
+  same z_e for every target of a source.
   """
   e, d = model.names.index(source), model.names.index(target)
   return _cond_decode(

@@ -27,8 +27,10 @@ Evaluators (default: all of them, in this order):
 * `likelihood`: importance-sampled log p(x_1:M) (`evaluation.likelihood`);
 * `figures`: the paper's figures (`evaluation.figures`).
 
-Also available: `grids` (the training loop's two sample grids, cheap) and
-`alpha_sweep` (`evaluation.alpha_sweep`).
+Also available: `grids` (the training loop's two sample grids, cheap),
+`samples` (`samples.npz`: uint8 conditional and unconditional samples for
+scoring elsewhere, `evaluation.samples`) and `alpha_sweep`
+(`evaluation.alpha_sweep`).
 
 Every number is deterministic for `config.seed`: evaluator `name` gets the
 key `api.evaluator_key(root, name)`, and per-example keys come from the
@@ -60,6 +62,7 @@ from mmvaeplus_jax.evaluation import figures  # registers 'figures'
 from mmvaeplus_jax.evaluation import frechet  # registers 'fid'
 from mmvaeplus_jax.evaluation import latent_classification  # registers it
 from mmvaeplus_jax.evaluation import likelihood  # registers 'likelihood'
+from mmvaeplus_jax.evaluation import samples  # registers 'samples'
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.infra import checkpointing
@@ -67,7 +70,7 @@ from mmvaeplus_jax.infra import writers
 from mmvaeplus_jax import train_state
 
 del alpha_sweep, diversity, fd_clf, figures, frechet, latent_classification
-del likelihood
+del likelihood, samples
 
 ROOT_KEY_SALT = 1_000_003
 SECONDS_FILE = 'seconds.json'  # beside metrics.json: wall time per evaluator

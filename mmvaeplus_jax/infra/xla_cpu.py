@@ -98,7 +98,8 @@ def configure() -> str:
       warnings.warn(
           f'{ENV}=eigen has no effect: it was applied after a JAX backend'
           ' started, so XLA:CPU keeps its YNNPACK convolutions. Call'
-          ' mmvaeplus_jax.infra.parallel.configure_jax() before running JAX computations, or set'
+          ' mmvaeplus_jax.infra.parallel.configure_jax() before running JAX'
+          ' computations, or set'
           f' XLA_FLAGS={EIGEN_FLAG} before starting Python.', stacklevel=2)
     else:
       os.environ['XLA_FLAGS'] = f'{flags} {EIGEN_FLAG}'.strip()

@@ -69,7 +69,7 @@ CPU_WGRAD_MAX_SLICES = 32
 CPU_WGRAD_MIN_FLOPS = 2e8
 AUTO = -1  # config value: automatic per platform and layer shape
 # What the networks get instead of a slice size when `model.conv_impl` is
-# 'onednn': every convolution on oneDNN custom calls (mmvaeplus_jax/infra/onednn.py).
+# 'onednn': every convolution on oneDNN custom calls (infra/onednn.py).
 ONEDNN = 'onednn'
 # ... with the convolutions' operands rounded to bfloat16 (float32 sums and
 # results; `onednn.bf16_operands`).

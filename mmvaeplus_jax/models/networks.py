@@ -14,7 +14,7 @@ products of experts and ELBOs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,6 @@ import numpy as np
 
 from mmvaeplus_jax.core import types
 from mmvaeplus_jax.models import base
-
-Array = jax.Array
-Params = Any
-Batch = Mapping[str, Array]
-Modality = base.Modality
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,7 +55,7 @@ class NetworkVAE(base.MultimodalVAE):
   vmap_modalities: bool = False
   remat: bool = False
 
-  def init(self, key, batch: Batch) -> Params:
+  def init(self, key, batch: types.Batch) -> types.Params:
     """Initialises all networks on `batch` (only its shapes matter).
 
     Modalities with equal networks and event shapes are initialised by one
@@ -77,7 +72,7 @@ class NetworkVAE(base.MultimodalVAE):
       sig = (mod.encoder, mod.decoder, tuple(mod.event_shape),
              jnp.asarray(batch[mod.name]).dtype)
       groups.setdefault(sig, []).append(i)
-    params = {'encoders': {}, 'decoders': {}, 'aux_prior': {}}
+    params = {'encoders': {}, 'decoders': {}}
     for (enc, dec, _, _), idx in groups.items():
       x = jnp.asarray(batch[self.modalities[idx[0]].name][:1])
       ids = jnp.asarray(idx)
@@ -87,11 +82,6 @@ class NetworkVAE(base.MultimodalVAE):
         name = self.modalities[i].name
         params['encoders'][name] = jax.tree.map(lambda t: t[j], enc_p)
         params['decoders'][name] = jax.tree.map(lambda t: t[j], dec_p)
-    if self.dim_w > 0:
-      for mod in self.modalities:
-        params['aux_prior'][mod.name] = jnp.zeros((self.dim_w,), jnp.float32)
-    else:  # no private latent (MMVAE): no auxiliary priors (and no
-      del params['aux_prior']  # zero-size arrays, which orbax cannot save)
     # Same key order as the modalities, whatever the grouping.
     return {g: {n: params[g][n] for n in self.names} for g in params}
 
@@ -113,7 +103,7 @@ class NetworkVAE(base.MultimodalVAE):
     return jax.tree.map(lambda *t: jnp.stack(t),
                         *[params[group][n] for n in names])
 
-  def encode(self, params, batch: Batch) -> types.Posteriors:
+  def encode(self, params, batch: types.Batch) -> types.Posteriors:
     """Runs the M encoders: stacked posteriors `[M, B, D]`."""
     self.check_batch(batch)
     outs = [None] * self.num_modalities
@@ -132,7 +122,8 @@ class NetworkVAE(base.MultimodalVAE):
       )
     return types.Posteriors(loc_w, self.scale(raw_w), loc_z, self.scale(raw_z))
 
-  def decode_log_likelihood(self, params, batch: Batch, u: Array) -> Array:
+  def decode_log_likelihood(self, params, batch: types.Batch,
+                            u: types.Array) -> types.Array:
     """sum_d lambda_d log p_theta_d(x_d | u[d]) with every decoder at once.
 
     Args:
@@ -157,7 +148,7 @@ class NetworkVAE(base.MultimodalVAE):
       total = total + jnp.tensordot(lam, ll, axes=1)
     return total
 
-  def modality_log_likelihood_fn(self, mod: Modality):
+  def modality_log_likelihood_fn(self, mod: base.Modality):
     """`(decoder params, u [*S, B, D], x [B, *event]) -> [*S, B]`: modality
     `mod`'s unscaled log-likelihood of `x` under its decoder at latents
     `u` (rematerialised per sample slice when `remat`)."""
@@ -175,7 +166,7 @@ class NetworkVAE(base.MultimodalVAE):
 
     return _remat_over_last_sample_axis(one) if self.remat else one
 
-  def decode(self, params, name: str, u: Array) -> Array:
+  def decode(self, params, name: str, u: types.Array) -> types.Array:
     """Decodes `u [..., Dw + Dz]` with modality `name`: `[..., *event]`."""
     mod = self.modalities[self.names.index(name)]
     lead = u.shape[:-1]

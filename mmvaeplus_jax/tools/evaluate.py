@@ -12,8 +12,10 @@ figures (PNG) beside the metrics. The config is the run's own
 (<workdir>/config.json, written by mmvaeplus-train / train.py) unless
 `--config` is given; `--config.evals.x=...` overrides either.
 
-* coherence and FD_clf need `--config.evals.classifier_dir=CLASSIFIERS`
-  (trained with `python -m mmvaeplus_jax.tools.classifiers`);
+* coherence and FD_clf need digit classifiers: the run's own
+  (`<workdir>/classifiers`, saved by `train.final_coherence`) or
+  `--config.evals.classifier_dir=CLASSIFIERS` (trained with
+  `python -m mmvaeplus_jax.tools.classifiers`);
 * FID needs pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
   (`--config.evals.inception_weights=PATH`, default
   ~/.cache/mmvaeplus_jax/<that name>); without it FID is skipped with the
@@ -26,12 +28,12 @@ figures (PNG) beside the metrics. The config is the run's own
 import os
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mmvaeplus_jax import configs
 from mmvaeplus_jax.evaluation import runner
+from mmvaeplus_jax import tools
 from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.infra import rundir
 
@@ -58,10 +60,7 @@ flags.DEFINE_string('tag', '', 'Write to DIR/eval/<step>-<tag>/ instead of'
                     ' TensorBoard scalars.')
 FLAGS = flags.FLAGS
 
-# absl's --help lists the key flags of the main program only (sys.argv[0]:
-# eval.py, mmvaeplus-eval, ...): make this module's flags its key flags.
-for _flag in FLAGS.get_key_flags_for_module(__name__):
-  FLAGS.register_key_flag_for_module(sys.argv[0], _flag)
+tools.own_key_flags(__name__)
 
 
 def main(argv):
@@ -82,10 +81,7 @@ def main(argv):
 
 def run():
   """The `mmvaeplus-eval` console script."""
-  main_module = sys.modules['__main__']
-  if not main_module.__doc__:  # --help shows __main__'s docstring
-    main_module.__doc__ = __doc__
-  app.run(main)
+  tools.run(main, __doc__)
 
 
 if __name__ == '__main__':

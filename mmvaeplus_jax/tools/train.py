@@ -1,4 +1,4 @@
-"""Train a multimodal VAE: `mmvaeplus-train [--config=FILE[:ARG]] [--workdir=DIR]`
+"""Train a multimodal VAE: `mmvaeplus-train [--config=F[:ARG]] [--workdir=DIR]`
 
 (in a source checkout also `python train.py ...`, the same program).
 
@@ -11,9 +11,7 @@ Same workdir = resume. Multi-host: `--coordinator_address=HOST:PORT
 
 import datetime
 import os
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -21,6 +19,7 @@ from ml_collections import config_flags
 
 from mmvaeplus_jax import configs
 from mmvaeplus_jax.experiments import train as train_lib
+from mmvaeplus_jax import tools
 from mmvaeplus_jax.infra import parallel
 
 # The installed config files (a checkout's mmvaeplus_jax/configs/ when run
@@ -41,10 +40,7 @@ flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() with auto-detection.')
 FLAGS = flags.FLAGS
 
-# absl's --help lists the key flags of the main program only (sys.argv[0]:
-# train.py, mmvaeplus-train, ...): make this module's flags its key flags.
-for _flag in FLAGS.get_key_flags_for_module(__name__):
-  FLAGS.register_key_flag_for_module(sys.argv[0], _flag)
+tools.own_key_flags(__name__)
 
 
 def main(argv):
@@ -67,10 +63,7 @@ def main(argv):
 
 def run():
   """The `mmvaeplus-train` console script."""
-  main_module = sys.modules['__main__']
-  if not main_module.__doc__:  # --help shows __main__'s docstring
-    main_module.__doc__ = __doc__
-  app.run(main)
+  tools.run(main, __doc__)
 
 
 if __name__ == '__main__':

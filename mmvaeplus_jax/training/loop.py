@@ -142,7 +142,8 @@ def train_and_evaluate(config, workdir: str, *,
   tx = train_state.make_optimizer(config.optim)
   train_src, eval_src = sources.load_sources(config.data)
   keys = tuple(model.names) + ('label',)  # only what the model reads
-  train_src, eval_src = (pipeline.Select(s, keys) for s in (train_src, eval_src))
+  train_src, eval_src = (pipeline.Select(s, keys)
+                         for s in (train_src, eval_src))
   num_steps = total_steps(tc, len(train_src))
 
   mesh = parallel.make_mesh()
@@ -306,9 +307,9 @@ def _evaluate(config, workdir, step, model, params, eval_fn, eval_src, key,
       eval_fn, params, eval_src, k_bound,
       num_examples=config.train.eval_examples,
       global_batch=config.train.batch_size, mesh=mesh)
-  images = sample_grids.write_sample_grids(workdir, step, model, params, eval_src,
-                                       k_grid, config.train.grid_examples,
-                                       mesh)
+  images = sample_grids.write_sample_grids(
+      workdir, step, model, params, eval_src, k_grid,
+      config.train.grid_examples, mesh)
   writer.write_scalars(step, {'eval/bound': bound})
   writer.write_images(step, images)
   return {'eval/bound': bound}
