@@ -225,6 +225,19 @@ def _mesh(mesh):
   return parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
 
 
+def _on_mesh(mesh, key, *trees):
+  """`key` and `trees` (params, classifier params) replicated on `mesh`,
+  left as they are where they already are: the counts' jitted calls then
+  see one device set, whatever the caller committed them to."""
+  sharding = parallel.replicated(mesh)
+  same = lambda x: getattr(x, 'sharding', None) == sharding
+  if not same(key):
+    key = parallel.replicate_key(mesh, key)
+  return (key,) + tuple(
+      jax.tree.map(lambda x: x if same(x) else jax.device_put(x, sharding), t)
+      for t in trees)
+
+
 def _map_counts(counts_fn, model, data, *, batch_size, mesh):
   """`counts_fn(inputs, labels, index)` over the examples of `data` in
   batches (`api.map_batches`): its per-example outputs `[N, ...]`."""
@@ -236,7 +249,7 @@ def _map_counts(counts_fn, model, data, *, batch_size, mesh):
   return api.map_batches(
       lambda index, batch: counts_fn(
           {k: batch[k] for k in model.names}, batch['label'], index),
-      _mesh(mesh), n, batch_size=batch_size, inputs=inputs)
+      mesh, n, batch_size=batch_size, inputs=inputs)
 
 
 def _check_data(model, data):
@@ -308,6 +321,8 @@ def conditional_coherence(
   """
   _check_data(model, data)
   m = model.num_modalities
+  mesh = _mesh(mesh)
+  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
   hits = _map_counts(
       lambda inputs, labels, index: _conditional_counts(
           key, model, params, classify, clf_params, inputs, labels, index,
@@ -379,6 +394,8 @@ def subset_coherence(
   if m < 2:
     raise ValueError('subset coherence needs at least 2 modalities')
   subs = subsets(m)
+  mesh = _mesh(mesh)
+  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
   hits = _map_counts(
       lambda inputs, labels, index: _subset_counts(
           key, model, params, classify, clf_params, inputs, labels, index,
@@ -437,10 +454,12 @@ def unconditional_coherence(
   """
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+  mesh = _mesh(mesh)
+  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
   per_sample, one_hot = api.map_batches(
       lambda index, batch: _unconditional_counts(
           key, model, params, classify, clf_params, index, alpha),
-      _mesh(mesh), num_samples, batch_size=batch_size)
+      mesh, num_samples, batch_size=batch_size)
   coherent = int(per_sample.sum(dtype=np.int64))
   hist = one_hot.sum(axis=0, dtype=np.int64)  # [M, C]
   return UnconditionalCoherence(
