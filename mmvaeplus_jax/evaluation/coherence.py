@@ -238,17 +238,22 @@ def _on_mesh(mesh, key, *trees):
       for t in trees)
 
 
-def _map_counts(counts_fn, model, data, *, batch_size, mesh):
-  """`counts_fn(inputs, labels, index)` over the examples of `data` in
-  batches (`api.map_batches`): its per-example outputs `[N, ...]`."""
+def _map_counts(counts_fn, key, model, params, classify, clf_params, data,
+                *, alpha, batch_size, mesh):
+  """`counts_fn(key, model, params, classify, clf_params, inputs, labels,
+  index, alpha)` over the examples of `data` in batches (`api.map_batches`
+  on `mesh`, None: one device): its per-example outputs `[N, ...]`."""
   n = len(data['label'])
   if n == 0:
     raise ValueError('coherence needs at least one example, got 0')
+  mesh = _mesh(mesh)
+  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
   inputs = {k: data[k] for k in model.names}
   inputs['label'] = np.asarray(data['label']).astype(np.int32)
   return api.map_batches(
       lambda index, batch: counts_fn(
-          {k: batch[k] for k in model.names}, batch['label'], index),
+          key, model, params, classify, clf_params,
+          {k: batch[k] for k in model.names}, batch['label'], index, alpha),
       mesh, n, batch_size=batch_size, inputs=inputs)
 
 
@@ -321,12 +326,8 @@ def conditional_coherence(
   """
   _check_data(model, data)
   m = model.num_modalities
-  mesh = _mesh(mesh)
-  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
-  hits = _map_counts(
-      lambda inputs, labels, index: _conditional_counts(
-          key, model, params, classify, clf_params, inputs, labels, index,
-          alpha), model, data, batch_size=batch_size, mesh=mesh)
+  hits = _map_counts(_conditional_counts, key, model, params, classify, clf_params,
+                     data, alpha=alpha, batch_size=batch_size, mesh=mesh)
   correct = hits.sum(axis=0, dtype=np.int64)  # [M, M]
   total = len(data['label'])
   matrix = correct / total
@@ -394,12 +395,8 @@ def subset_coherence(
   if m < 2:
     raise ValueError('subset coherence needs at least 2 modalities')
   subs = subsets(m)
-  mesh = _mesh(mesh)
-  key, params, clf_params = _on_mesh(mesh, key, params, clf_params)
-  hits = _map_counts(
-      lambda inputs, labels, index: _subset_counts(
-          key, model, params, classify, clf_params, inputs, labels, index,
-          alpha), model, data, batch_size=batch_size, mesh=mesh)
+  hits = _map_counts(_subset_counts, key, model, params, classify, clf_params,
+                     data, alpha=alpha, batch_size=batch_size, mesh=mesh)
   correct = hits.sum(axis=0, dtype=np.int64)  # [S, M]
   total = len(data['label'])
   member = np.array([[i in s for i in range(m)] for s in subs])
