@@ -66,6 +66,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import polymnist
 
@@ -96,11 +97,9 @@ def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
 
 
 def to_float(images) -> Array:
-  """uint8 images -> float32 in [0, 1]; float images unchanged."""
-  images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images
+  """uint8 images -> float32 in [0, 1]; float images unchanged
+  (`api.to_float` on a host or device array)."""
+  return api.to_float(jnp.asarray(images))
 
 
 class ClfImg(nn.Module):
