@@ -14,6 +14,16 @@ Studies (`get_study(arg)`, arg =
   of fig1's `mmvaeplus_beta1`, so its records in studies/records/fig2 are
   copies of fig1's, marked `copied_from`, and fig2 is run with
   `--cells=mmjsd_w4,mmjsd_w16,mmjsd_w32`);
+* `pilot` (issue 26, item 3: a recipe chosen the same way for every
+  model): one seed, `steps` (default 8,000 of batch 8: 64k examples)
+  per candidate, a learning curve (coherence at 8k, 16k, 32k, ... examples
+  and at the end, `train.curve_start_examples`), and the same rule for
+  every model: the best mean cross-modal coherence at the budget. The
+  candidates: learning rates `PILOT_LRS` for every model and, for MMVAE+,
+  private dimensions `PILOT_DIM_W` (the paper's 32 and small ones), beta 1,
+  each model's latent sizes otherwise; the end-of-run evaluation is the
+  conditional coherence on 2,000 test examples only. MMVAE+ cells come
+  first (the headline run takes the winner);
 * `tiny`: MMVAE+ and MMVAE, 2 seeds, a few steps on the offline `mini`
   data (the driver's test and a quick try).
 
@@ -97,6 +107,14 @@ PUBLISHED = {
 }
 
 
+# The pilot's grid (`get_study('pilot')`).
+PILOT_LRS = (3e-3, 1e-3)  # 3e-3 first: the 2-modality runs' rate
+PILOT_DIM_W = (4, 8, 32)
+PILOT_MODELS = ('mmvae', 'mopoe', 'mvae', 'mmjsd')  # after MMVAE+
+# Learning-curve points: the first at 8k examples, then x2 to the end.
+CURVE_START = 8000
+
+
 def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
           data='rebuilt'):
   arg = f'paper_grid,model={model},beta={beta},data={data}'
@@ -140,6 +158,20 @@ def get_study(arg=None):
     cells = [_cell(f'mmjsd_w{d}', 'mmjsd', 1.0, dim_w=d, **kw)
              for d in (4, 16, 32)]
     cells.append(_cell('mmvaeplus_w32', 'mmvaeplus', 1.0, dim_w=32, **kw))
+  elif a.variant == 'pilot':
+    if not (arg and 'steps=' in arg):
+      kw['steps'] = 8000
+    kw.pop('lr')
+    cells = [_cell(f'mmvaeplus_w{d}_lr{lr:g}', 'mmvaeplus', 1.0, dim_w=d,
+                   lr=lr, **kw)
+             for lr in PILOT_LRS for d in PILOT_DIM_W]
+    cells += [_cell(f'{m}_lr{lr:g}', m, 1.0, lr=lr, **kw)
+              for m in PILOT_MODELS for lr in PILOT_LRS]
+    for cell in cells:
+      cell.config.train.update(curve_start_examples=CURVE_START,
+                               checkpoint_every_steps=1000)
+      cell.config.evals.update(evaluators='coherence', all_subsets=False)
+    seeds = seeds[:1] if a.seeds == 3 else seeds
   elif a.variant == 'tiny':
     kw = dict(steps=a.steps if arg and 'steps=' in arg else 4,
               width=0.0625, data='mini', batch=8, lr=1e-3, family='laplace')
@@ -153,9 +185,11 @@ def get_study(arg=None):
           num_unconditional=32, bound_num_samples=2, all_subsets=False)
     seeds = seeds[:2] if a.seeds == 3 else seeds
   else:
-    raise ValueError(f'unknown study {a.variant!r}: fig1, fig2 or tiny')
+    raise ValueError(
+        f'unknown study {a.variant!r}: fig1, fig2, pilot or tiny')
   return records.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
                        METRICS,
                        classifier_epochs=2 if a.variant == 'tiny' else None,
-                       rescore=() if a.variant == 'tiny' else RESCORE,
+                       rescore=() if a.variant in ('tiny', 'pilot')
+                       else RESCORE,
                        published=PUBLISHED.get(a.variant, ()))

@@ -64,6 +64,16 @@ def test_figures_from_finished_runs(tmp_path):
   assert (tmp_path / 'f' / 'grid_a.png').read_bytes() == b'png'
   with pytest.raises(FileNotFoundError, match='no finished run'):
     study_report.write_figures(study, str(tmp_path / 'empty'), str(tmp_path))
+  # Runs that kept a learning curve add its figure.
+  done = tmp_path / 'a' / 'seed0' / records_lib.DONE_FILE
+  record = json.loads(done.read_text())
+  record['curve'] = [{'step': 1, 'examples': 8, 'train_seconds': 1.0,
+                      'wall_seconds': 2.0, 'eval_seconds': 0.5,
+                      'metrics': {'coherence/cond/mean': 0.3}}]
+  done.write_text(json.dumps(record))
+  files = study_report.write_figures(study, str(tmp_path), str(tmp_path / 'f'))
+  assert 'curves.png' in files
+  assert (tmp_path / 'f' / 'curves.png').read_bytes()[:4] == b'\x89PNG'
 
 
 def test_rescore_writes_both_sets_and_skips_rescored_runs(tmp_path):

@@ -476,3 +476,59 @@ def test_gpu_study_script_smoke(data_dir, tmp_path):
   assert rec['train']['step'] > 0 and 'coherence/cond/mean' in rec['eval']
   assert rec['recipe']['train']['max_train_seconds'] == 20.0
   assert '2 of 2 runs finished' in (out / 'results.md').read_text()
+
+
+def test_a_run_s_learning_curve_goes_into_its_record(tmp_path):
+  """The rows of the run's curve.jsonl (train.curve_start_examples) are kept
+  in its record, in order, and in the records folder's copy."""
+  rows = [{'step': s, 'examples': 8 * s, 'wall_seconds': float(s),
+           'train_seconds': s / 2, 'eval_seconds': 0.1,
+           'metrics': {'coherence/cond/mean': 0.1 * s}} for s in (1, 2, 4)]
+
+  def train(config, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    if config.objective.beta == 1.0:  # cell 'a' has a curve, 'b' none
+      with open(os.path.join(workdir, 'curve.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    return {}
+
+  _, evaluate = _fakes([])
+  study_lib.run_study(_study(), str(tmp_path / 'root'), train=train,
+                      evaluate=evaluate, log=lambda m: None, seeds=(0,),
+                      records=str(tmp_path / 'records'))
+  for where in (tmp_path / 'root' / 'a' / 'seed0' / 'study_run.json',
+                tmp_path / 'records' / 'a' / 'seed0.json'):
+    assert json.loads(where.read_text())['curve'] == rows
+  assert 'curve' not in json.loads(
+      (tmp_path / 'records' / 'b' / 'seed0.json').read_text())
+
+
+def test_pilot_study_definition():
+  """studies/polymnist_cpu.py:pilot: every model at the same learning rates,
+  MMVAE+ also at three private sizes, one seed, the same budget and curve
+  for all, scored with the study's kept classifiers."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
+  pilot = records_lib.load_study(str(studies / 'polymnist_cpu.py') + ':pilot')
+  fig1 = records_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
+  assert pilot.seeds == (0,) and pilot.rescore == ()
+  lrs = {}
+  for cell in pilot.cells:
+    c = cell.config
+    lrs.setdefault(c.model.name.removeprefix('polymnist_'), set()).add(
+        c.optim.lr)
+    assert (c.train.num_steps, c.train.batch_size, c.model.width) == (
+        8000, 8, 0.125)
+    assert c.train.curve_start_examples == 8000
+    assert c.objective.num_samples == 1 and c.objective.beta == 1.0
+    assert c.evals.evaluators == 'coherence'
+    assert c.evals.classifier_dir == fig1.cells[0].config.evals.classifier_dir
+  assert set(lrs) == {'mmvaeplus', 'mmvae', 'mopoe', 'mvae', 'mmjsd'}
+  assert all(v == {1e-3, 3e-3} for v in lrs.values())
+  plus = [c.config for c in pilot.cells
+          if c.config.model.name == 'polymnist_mmvaeplus']
+  assert sorted({c.model.dim_w for c in plus}) == [4, 8, 32]
+  assert len(plus) == 6 and pilot.cells[0].config is plus[0]
+  short = records_lib.load_study(str(studies / 'polymnist_cpu.py')
+                                 + ':pilot,steps=100')
+  assert {c.config.train.num_steps for c in short.cells} == {100}

@@ -123,6 +123,14 @@ def base_config() -> ml_collections.ConfigDict:
       # 'digit' for MNIST / SVHN); 'official': MoPoE's ClfImg (faster,
       # weaker)
       final_coherence_clf_arch='',
+      # A learning curve (training.loop.curve_steps, evaluation/curve.py):
+      # conditional coherence of every pair on curve_test_examples test
+      # examples, scored with evals.classifier_dir, at the first step with
+      # >= curve_start_examples * curve_factor**i examples seen and at the
+      # last step; rows in <workdir>/curve.jsonl. 0: no curve.
+      curve_start_examples=0,
+      curve_factor=2.0,
+      curve_test_examples=1000,
   ))
   c.evals = ml_collections.ConfigDict(dict(
       # eval.py's plug-ins (evaluation.api), comma-separated, run in order.

@@ -18,7 +18,8 @@ seed) lives in `root/<cell>/seed<seed>/`, a normal run directory
   resumes from the run's latest checkpoint: a study killed mid-run loses at
   most `checkpoint_every_steps` steps) and evaluated
   (`evaluation.runner.evaluate`), and `study_run.json` (its metrics, wall
-  times, commit) is written last;
+  times, commit, and its learning curve, the rows of `curve.jsonl`, when
+  the cell asks for one: `train.curve_start_examples`) is written last;
 * the coherence classifiers are trained once per study, in
   `root/classifiers`, unless the cells' configs name a
   `evals.classifier_dir`;
@@ -38,6 +39,7 @@ Command line: `python -m mmvaeplus_jax.tools.study` (tools/study.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -51,6 +53,7 @@ from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.experiments import records as records_lib
 from mmvaeplus_jax.experiments import train as train_lib
 from mmvaeplus_jax.input import sources
+from mmvaeplus_jax.training import loop
 
 try:
   import fcntl  # pylint: disable=g-import-not-at-top
@@ -274,6 +277,10 @@ def _train_one(study, root, records, cell, seed, workdir, clf_dir, head, *,
   }
   if rescored:
     record['rescored'] = rescored
+  curve_path = os.path.join(workdir, loop.CURVE_FILE)
+  if os.path.exists(curve_path):  # train.curve_start_examples > 0
+    with open(curve_path) as f:
+      record['curve'] = [json.loads(line) for line in f if line.strip()]
   # Written last: the run counts as finished.
   records_lib.write_json(os.path.join(workdir, records_lib.DONE_FILE), record)
   if records:

@@ -9,7 +9,9 @@
   `grid_<cell>.png` (Fig. 1 left: the conditional samples of the cell's
   first finished seed, copied from its `eval/<step>/`: the `figures`
   evaluator's `cross_modal_<first modality>.png`, else the `grids`
-  evaluator's `cross_modal_<step>.png`).
+  evaluator's `cross_modal_<step>.png`), and `curves.png` when runs kept
+  a learning curve (`experiments/curves.py`: mean cross-modal coherence
+  against examples seen and training minutes, per cell).
 * `write_tables(study, root, out_dir)`: `tables.md` for docs/results.md:
   per cell the mean +- std over seeds of the headline metrics (`COLUMNS`;
   coherence also with every other classifier set of `Study.rescore`) and
@@ -42,6 +44,7 @@ import numpy as np
 
 from mmvaeplus_jax import models
 from mmvaeplus_jax.evaluation import runner
+from mmvaeplus_jax.experiments import curves as curves_lib
 from mmvaeplus_jax.experiments import records as records_lib
 from mmvaeplus_jax.experiments import study as study_lib
 
@@ -160,6 +163,12 @@ def write_figures(study, root: str, out_dir: str, *,
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, 'diversity.png'), facecolor='white')
   files.append('diversity.png')
+
+  if curves_lib.plot_curves(
+      os.path.join(out_dir, 'curves.png'), cells,
+      title=f'{study.name}: mean cross-modal coherence during training'
+      ' (mean ± std over seeds; dotted: chance)', dpi=DPI):
+    files.append('curves.png')
 
   for name, recs in cells:
     cell = next(c for c in study.cells if c.name == name)

@@ -17,6 +17,14 @@
   `evaluation/final_coherence.py`, which `experiments.train.train` hands
   over) and adds their metrics to `metrics.json`; the loop itself imports
   nothing of `evaluation/`;
+* with `train.curve_start_examples > 0`, evaluates a learning curve: at
+  the steps of `curve_steps` (a geometric schedule of examples seen, and
+  the last step) it calls the curve evaluators it is handed
+  (`curve_evals`; `evaluation/curve.py`) with their own key and appends a
+  row per point to `workdir/curve.jsonl` (`CURVE_FILE`): step, examples
+  seen, wall seconds since the start of training (compilation included),
+  training seconds (the same, less the time spent evaluating: curve
+  points, test bound, grids) and the metrics;
 * on SIGTERM saves a checkpoint and returns normally (exit status 0);
 * with `train.max_train_seconds > 0`, stops at the first log step past that
   much training time (from the start of this call), saves a checkpoint and
@@ -55,6 +63,13 @@ from mmvaeplus_jax.training import step as step_lib
 # A final evaluator: (config, workdir, model, params, train_src, eval_src,
 # key, mesh) -> {metric: float}.
 FinalEval = Callable[..., dict]
+# A curve evaluator: (model, params, eval_src, key, mesh) -> {metric: float}.
+CurveEval = Callable[..., dict]
+
+CURVE_FILE = 'curve.jsonl'
+# Folded into the eval key for the curve's points (the test bound and the
+# grids use fold_in(eval_key, step)): the curve draws its own numbers.
+_CURVE_TAG = 0x63757276  # 'curv'
 
 
 class NonFiniteError(RuntimeError):
@@ -90,6 +105,44 @@ class _Sigterm:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def curve_steps(train_cfg, num_steps: int) -> list[int]:
+  """The steps of a run's learning curve, ascending.
+
+  The first step at which at least `curve_start_examples * curve_factor**i`
+  examples have been seen (i = 0, 1, ...; examples = step x global batch),
+  below `num_steps`, then `num_steps` itself. Empty when
+  `curve_start_examples <= 0`.
+  """
+  start = float(train_cfg.curve_start_examples)
+  if start <= 0:
+    return []
+  factor = float(train_cfg.curve_factor)
+  if factor <= 1:
+    raise ValueError(
+        f'train.curve_factor={factor} must be > 1 (each point of the'
+        ' learning curve at curve_factor x the examples of the previous)')
+  batch = int(train_cfg.batch_size)
+  steps, target = set(), start
+  while True:
+    step = max(1, -(-int(round(target)) // batch))
+    if step >= num_steps:
+      break
+    steps.add(step)
+    target *= factor
+  steps.add(int(num_steps))
+  return sorted(steps)
+
+
+def _read_curve(path: str, upto: int) -> list[dict]:
+  """The curve rows of `path` with step <= `upto` (a resumed run drops the
+  points evaluated after its last checkpoint; they are evaluated again)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if r['step'] <= upto]
+
+
 def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
                    global_batch, mesh):
   """Mean test bound over the first `num_examples` (whole batches)."""
@@ -105,7 +158,8 @@ def evaluate_bound(eval_fn, params, eval_src, key, *, num_examples,
 
 
 def train_and_evaluate(config, workdir: str, *,
-                       final_evals: Sequence[FinalEval] = ()):
+                       final_evals: Sequence[FinalEval] = (),
+                       curve_evals: Sequence[CurveEval] = ()):
   """Trains `config` in `workdir` (resuming if it holds checkpoints).
 
   Args:
@@ -119,20 +173,35 @@ def train_and_evaluate(config, workdir: str, *,
       asks for `evaluation.final_coherence.final_coherence`:
       `experiments.train.train(config, workdir)` (what train.py calls) hands
       it over.
+    curve_evals: evaluators run at every step of `curve_steps`, each
+      `fn(model, params, eval_src, key, mesh) -> {metric: float}` with the
+      current params and the key `fold_in(fold_in(eval_key, _CURVE_TAG),
+      step)`; their metrics are rows of `workdir/curve.jsonl` and
+      TensorBoard scalars under `curve/`. `train.curve_start_examples > 0`
+      asks for `evaluation.curve.CoherenceCurve`, which
+      `experiments.train.train` hands over.
 
   Returns:
     The final metrics dict (also written to `workdir/metrics.json`).
 
   Raises:
-    ValueError: `train.final_coherence` is set but no final evaluator was
-      handed over.
+    ValueError: `train.final_coherence` (or `train.curve_start_examples`)
+      is set but no final (curve) evaluator was handed over.
   """
+  t_begin = time.time()
   if config.train.final_coherence and not final_evals:
     raise ValueError(
         'config.train.final_coherence is set but train_and_evaluate was'
         ' handed no final evaluator: call mmvaeplus_jax.experiments.train.'
         'train(config, workdir) (what train.py does), or pass final_evals='
         '[evaluation.final_coherence.final_coherence]')
+  if config.train.curve_start_examples > 0 and not curve_evals:
+    raise ValueError(
+        'config.train.curve_start_examples > 0 asks for a learning curve but'
+        ' train_and_evaluate was handed no curve evaluator: call'
+        ' mmvaeplus_jax.experiments.train.train(config, workdir) (what'
+        ' train.py does), or pass curve_evals=[evaluation.curve.'
+        'CoherenceCurve(config)]')
   checkpointing.quiet_orbax()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
@@ -195,6 +264,19 @@ def train_and_evaluate(config, workdir: str, *,
                'global batch %d, workdir %s', start, num_steps,
                mesh.devices.size, jax.process_count(), tc.batch_size, workdir)
 
+  curve_at = set(curve_steps(tc, num_steps)) if curve_evals else set()
+  curve_path = os.path.join(workdir, CURVE_FILE)
+  curve = _read_curve(curve_path, start) if curve_at else []
+  if is_main and curve_at:  # drop points past the restored checkpoint
+    with open(curve_path, 'w') as f:
+      f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in curve)
+  # Seconds of earlier calls (a resumed run continues its clocks from its
+  # last curve point), and seconds spent evaluating in this call.
+  wall_offset = curve[-1]['wall_seconds'] if curve else 0.0
+  train_offset = curve[-1]['train_seconds'] if curve else 0.0
+  eval_time = 0.0
+  curve_key = jax.random.fold_in(eval_key, _CURVE_TAG)
+
   history, summary = [], {}
   pending = None
   bar = tqdm.tqdm(total=num_steps, initial=start, disable=not is_main,
@@ -251,9 +333,35 @@ def train_and_evaluate(config, workdir: str, *,
       if out_of_time:
         # As at num_steps: evaluated (test bound, grids) and checkpointed.
         num_steps = done
+      if done in curve_at or (out_of_time and curve_at):
+        if pending is not None:  # the step's time ends when it is done
+          drain(pending)
+          pending = None
+        t_eval = time.time()
+        wall = wall_offset + t_eval - t_begin
+        row = {'step': done, 'examples': done * tc.batch_size,
+               'wall_seconds': wall,
+               'train_seconds': train_offset + t_eval - t_begin - eval_time}
+        point = {}
+        for curve_eval in curve_evals:
+          point.update(curve_eval(model, state.params, eval_src,
+                                  jax.random.fold_in(curve_key, done), mesh))
+        row['eval_seconds'] = time.time() - t_eval
+        row['metrics'] = point
+        eval_time += row['eval_seconds']
+        writer.write_scalars(done, {f'curve/{k}': v for k, v in point.items()})
+        if is_main:
+          with open(curve_path, 'a') as f:
+            f.write(json.dumps(row, sort_keys=True) + '\n')
+        logging.info('Curve point at step %d (%d examples, %.0f s training):'
+                     ' mean cross-modal coherence %.3f', done, row['examples'],
+                     row['train_seconds'],
+                     point.get('coherence/cond/mean', float('nan')))
       if done % tc.eval_every_steps == 0 or done == num_steps:
+        t_eval = time.time()
         summary.update(_evaluate(config, workdir, done, model, state.params,
                                  eval_fn, eval_src, eval_key, mesh, writer))
+        eval_time += time.time() - t_eval
       if (done % tc.checkpoint_every_steps == 0 or done == num_steps
           or sigterm.received):
         checkpointing.save(manager, done, state)
