@@ -532,3 +532,21 @@ def test_pilot_study_definition():
   short = records_lib.load_study(str(studies / 'polymnist_cpu.py')
                                  + ':pilot,steps=100')
   assert {c.config.train.num_steps for c in short.cells} == {100}
+
+
+def test_headline_study_definition():
+  """studies/polymnist_cpu.py:headline: one MMVAE+ run sized by wall time,
+  with a learning curve, scored with the study's kept classifiers."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
+  study = records_lib.load_study(
+      str(studies / 'polymnist_cpu.py') + ':headline,dim_w=8,train_s=1800')
+  fig1 = records_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
+  assert [c.name for c in study.cells] == ['mmvaeplus_w8']
+  c = study.cells[0].config
+  assert study.seeds == (0,) and c.model.dim_w == 8
+  assert c.train.max_train_seconds == 1800.0
+  assert c.train.curve_start_examples == 8000 and c.train.curve_factor > 1
+  assert c.model.num_modalities == 5 and c.data.config == 'rebuilt'
+  assert c.evals.evaluators == fig1.cells[0].config.evals.evaluators
+  assert c.evals.classifier_dir == fig1.cells[0].config.evals.classifier_dir
