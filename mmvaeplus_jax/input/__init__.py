@@ -5,6 +5,7 @@
   `polymnist_official` reads the published archive's PNGs.
 * `mnist_files`: the validated MNIST IDX reader (PolyMNIST and MNIST-SVHN).
 * `mnist_svhn_data`: the MNIST-SVHN pairs.
+* `captions`: CUB caption tokens, vocabulary, encode / decode.
 * `errors`: `InputFileError`, raised for a missing or corrupt input file.
 * `builders`: registers the TFDS builders kept in the top-level `datasets/`
   folder (loaded by file path, never `import datasets`) and `load_split`,

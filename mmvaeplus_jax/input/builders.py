@@ -50,6 +50,8 @@ DATASETS_DIR = (INSTALLED_DATASETS_DIR if INSTALLED_DATASETS_DIR.is_dir()
 BUILDER_FILES = {
     'polymnist': 'polymnist/polymnist_dataset_builder.py',
     'mnist_svhn': 'mnist_svhn/mnist_svhn_dataset_builder.py',
+    'cub_image_captions':
+        'cub_image_captions/cub_image_captions_dataset_builder.py',
 }
 _READ_CHUNK = 1024  # examples decoded per data-source call in `load_split`
 
@@ -101,6 +103,8 @@ def _register(name: str, relative_path: str):
 polymnist_dataset_builder = _register('polymnist', BUILDER_FILES['polymnist'])
 mnist_svhn_dataset_builder = _register('mnist_svhn',
                                        BUILDER_FILES['mnist_svhn'])
+cub_image_captions_dataset_builder = _register(
+    'cub_image_captions', BUILDER_FILES['cub_image_captions'])
 
 
 def _expand(path: os.PathLike | str) -> str:

@@ -1,6 +1,6 @@
 """Command-line programs: `mmvaeplus-train` (train.py), `mmvaeplus-eval`
 (eval.py), and `python -m mmvaeplus_jax.tools.<name>` for study, scatter,
-classifiers and prepare_data. Each parses flags and calls one library
+classifiers, prepare_data and convert_official. Each parses flags and calls one library
 function."""
 
 import sys

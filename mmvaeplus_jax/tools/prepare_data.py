@@ -5,6 +5,8 @@
         --data_dir DIR --manual_dir ../shared/data
     python -m mmvaeplus_jax.tools.prepare_data mnist_svhn/dm30 \
         --data_dir DIR --manual_dir DIR_WITH_MNIST_AND_SVHN
+    python -m mmvaeplus_jax.tools.prepare_data cub_image_captions/cub23 \
+        --data_dir DIR --manual_dir ../shared/data
 
 (the `tfds build` CLI of TFDS 4.9.10 imports TensorFlow; this one does
 not). The builders: `input/builders.py`.
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
       'no TensorFlow needed).')
   parser.add_argument(
       'name', help='polymnist/mini (offline demo), polymnist/rebuilt, '
-      'polymnist/official, mnist_svhn/dm30 or mnist_svhn/dm1')
+      'polymnist/official, mnist_svhn/dm30, mnist_svhn/dm1, '
+      'cub_image_captions/cub23 or cub_image_captions/official')
   parser.add_argument('--data_dir', required=True, help='TFDS data directory')
   parser.add_argument(
       '--manual_dir', default=None,
