@@ -29,6 +29,9 @@ from mmvaeplus_jax.infra import parallel
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # [] int32: completed steps (skipped ones included)
+  # The model's params; for a model with BatchNorm also its running
+  # averages (`networks.NetworkVAE`: a BatchNorm network's entry is
+  # {'params', 'batch_stats'}), so checkpoints and evaluation carry them.
   params: Any
   opt_state: Any
   nonfinite_consecutive: jax.Array  # [] int32
@@ -45,7 +48,10 @@ def make_optimizer(optim) -> optax.GradientTransformation:
 def init_state(key, example_batch, *, model, tx) -> TrainState:
   params = model.init(key, {n: example_batch[n] for n in model.names})
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=tx.init(params),
+  # The optimiser sees the trainable params only (all of them unless the
+  # model has BatchNorm running averages, which live in `params` too).
+  return TrainState(step=zero, params=params,
+                    opt_state=tx.init(model.trainable_params(params)),
                     nonfinite_consecutive=zero, nonfinite_total=zero)
 
 

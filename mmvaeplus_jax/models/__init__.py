@@ -11,10 +11,14 @@ Names (`config.model.name`):
 * `mnist_svhn_mmvaeplus`, `mnist_svhn_mmvae`, `mnist_svhn_dmvae`: the
   MNIST-SVHN networks (`models/mnist_svhn.py`, MMVAE's or DMVAE's by
   `config.model.arch`) under MMVAE+, MMVAE and DMVAE.
+* `cub_mmvaeplus`, `cub_mmvae`, `cub_mvae`, `cub_mopoe`: the CUB
+  Image-Captions networks (`models/cub.py`; `config.model.vocab_size` from
+  the data, `image_lambda`, `text_lambda` the likelihood scalings).
 """
 
 from __future__ import annotations
 
+from mmvaeplus_jax.models import cub
 from mmvaeplus_jax.models import dmvae
 from mmvaeplus_jax.models import mnist_svhn
 from mmvaeplus_jax.models import polymnist
@@ -29,6 +33,23 @@ _GAUSSIAN = {'polymnist_mvae': 'mvae', 'polymnist_mopoe': 'mopoe',
 MNIST_SVHN_MODEL_NAMES = ('mnist_svhn_mmvaeplus', 'mnist_svhn_mmvae',
                           'mnist_svhn_dmvae')
 MODEL_NAMES += MNIST_SVHN_MODEL_NAMES
+
+# CUB Image-Captions (models/cub.py): image + caption modalities.
+CUB_MODEL_NAMES = tuple(f'cub_{k}' for k in cub.KINDS)
+MODEL_NAMES += CUB_MODEL_NAMES
+
+
+def _get_cub_model(config):
+  if config.vocab_size < 1:
+    raise ValueError(
+        'model.vocab_size must be the dataset\'s vocabulary size'
+        f' (its metadata `vocabulary_size`), got {config.vocab_size}')
+  return cub.make_cub(
+      config.name.removeprefix('cub_'), vocab_size=config.vocab_size,
+      dim_w=config.dim_w, dim_z=config.dim_z, family=config.family,
+      remat=config.remat, width=config.width,
+      image_scale=config.likelihood_scale, image_lambda=config.image_lambda,
+      text_lambda=config.text_lambda)
 
 
 def _get_mnist_svhn_model(config):
@@ -59,7 +80,7 @@ def cpu_microbatch_limits(config):
   microbatches. Activations per row scale with the width, so the limits
   scale with 1 / width. MNIST-SVHN: not measured, one call.
   """
-  if config.name in MNIST_SVHN_MODEL_NAMES:
+  if config.name in MNIST_SVHN_MODEL_NAMES + CUB_MODEL_NAMES:
     return None
   width = float(config.width)
   return 16.0 / width, 200.0 / width
@@ -69,6 +90,8 @@ def get_model(config):
   """Builds the model a `config.model` section names."""
   if config.name in MNIST_SVHN_MODEL_NAMES:
     return _get_mnist_svhn_model(config)
+  if config.name in CUB_MODEL_NAMES:
+    return _get_cub_model(config)
   common = dict(
       num_modalities=config.num_modalities,
       names=config.modalities, dim_z=config.dim_z,

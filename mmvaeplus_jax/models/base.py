@@ -222,6 +222,17 @@ class MultimodalVAE:
   def uniform_from_noise(self, eps) -> Array:
     return uniform_from_noise(self.family, eps)
 
+  # Model state besides the parameters (BatchNorm running averages,
+  # `networks.NetworkVAE`). A model without it keeps these defaults: no
+  # state, and the optimiser sees the whole params tree.
+  @property
+  def has_batch_stats(self) -> bool:
+    return False
+
+  def trainable_params(self, params):
+    """The part of `params` the optimiser updates (default: all)."""
+    return params
+
   # ------------------------------------- abstract (objective: composed)
 
   def init(self, key, batch: Batch) -> Params:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmvaeplus_jax.core import distributions
 from mmvaeplus_jax.core import types
 from mmvaeplus_jax.models import base
 
@@ -54,6 +55,12 @@ class NetworkVAE(base.MultimodalVAE):
 
   vmap_modalities: bool = False
   remat: bool = False
+  # BatchNorm mode of the networks that have it (`uses_batch_stats`):
+  # False (default, what evaluation and generation use) normalises with the
+  # running averages, True with the batch's statistics (the train step's
+  # objective, through `train_mode()`; running averages are updated by
+  # `update_batch_stats`, not here).
+  bn_train: bool = False
 
   def init(self, key, batch: types.Batch) -> types.Params:
     """Initialises all networks on `batch` (only its shapes matter).
@@ -76,8 +83,10 @@ class NetworkVAE(base.MultimodalVAE):
     for (enc, dec, _, _), idx in groups.items():
       x = jnp.asarray(batch[self.modalities[idx[0]].name][:1])
       ids = jnp.asarray(idx)
-      enc_p = jax.vmap(lambda k: enc.init(k, x)['params'])(enc_keys[ids])
-      dec_p = jax.vmap(lambda k: dec.init(k, u)['params'])(dec_keys[ids])
+      enc_p = jax.vmap(lambda k: _variables(enc, enc.init(k, x)))(
+          enc_keys[ids])
+      dec_p = jax.vmap(lambda k: _variables(dec, dec.init(k, u)))(
+          dec_keys[ids])
       for j, i in enumerate(idx):
         name = self.modalities[i].name
         params['encoders'][name] = jax.tree.map(lambda t: t[j], enc_p)
@@ -110,7 +119,7 @@ class NetworkVAE(base.MultimodalVAE):
     for idx in self.groups():
       enc = self.modalities[idx[0]].encoder
       x = jnp.stack([batch[self.names[i]] for i in idx])  # [G, B, *event]
-      res = jax.vmap(lambda p, x: enc.apply({'params': p}, x))(
+      res = jax.vmap(lambda p, x: self._apply(enc, p, x))(
           self._stacked(params, 'encoders', idx), x)
       for j, i in enumerate(idx):
         outs[i] = tuple(r[j] for r in res)
@@ -159,7 +168,7 @@ class NetworkVAE(base.MultimodalVAE):
       # XLA gather all M * K * B latents and run every decoder on the whole
       # batch on each device (seen in the partitioned HLO, 2 CPU devices).
       ub = jnp.moveaxis(ui, -2, 0)  # [B, *S, D]
-      out = mod.decoder.apply({'params': p}, ub.reshape((-1, ub.shape[-1])))
+      out = self._apply(mod.decoder, p, ub.reshape((-1, ub.shape[-1])))
       out = out.reshape(ub.shape[:-1] + out.shape[1:])  # [B, *S, *event]
       out = jnp.moveaxis(out, 0, ui.ndim - 2)  # [*S, B, *event]
       return mod.log_likelihood(xi, out)
@@ -170,10 +179,123 @@ class NetworkVAE(base.MultimodalVAE):
     """Decodes `u [..., Dw + Dz]` with modality `name`: `[..., *event]`."""
     mod = self.modalities[self.names.index(name)]
     lead = u.shape[:-1]
-    out = mod.decoder.apply(
-        {'params': params['decoders'][name]}, u.reshape((-1, u.shape[-1]))
-    )
+    out = self._apply(mod.decoder, params['decoders'][name],
+                      u.reshape((-1, u.shape[-1])))
     return out.reshape(lead + out.shape[1:])
+
+  # ------------------------------------------------------------ BatchNorm
+  #
+  # A network with BatchNorm (a module with `uses_batch_stats = True`, e.g.
+  # the CUB text networks) keeps its Flax variables `{'params': ...,
+  # 'batch_stats': ...}` as its entry of `params['encoders' | 'decoders']`;
+  # every other network keeps its bare params (the tree of a model without
+  # BatchNorm is what it always was). The optimiser sees only
+  # `trainable_params(params)`.
+
+  @property
+  def has_batch_stats(self) -> bool:
+    return bool(self._batch_stats_entries())
+
+  def _batch_stats_entries(self) -> tuple[tuple[str, str], ...]:
+    out = []
+    for mod in self.modalities:
+      for group, net in (('encoders', mod.encoder), ('decoders', mod.decoder)):
+        if _uses_batch_stats(net):
+          out.append((group, mod.name))
+    return tuple(out)
+
+  def _apply(self, module, variables, x):
+    """`module(x)` with its params (and running averages, in `bn_train`
+    mode ignored: batch statistics; else used: eval mode)."""
+    if not _uses_batch_stats(module):
+      return module.apply({'params': variables}, x)
+    if self.bn_train:
+      out, _ = module.apply(variables, x, train=True, mutable=['batch_stats'])
+      return out
+    return module.apply(variables, x, train=False)
+
+  def train_mode(self) -> 'NetworkVAE':
+    """This model with BatchNorm in train mode (batch statistics)."""
+    return dataclasses.replace(self, bn_train=True)
+
+  def trainable_params(self, params):
+    """`params` without the running averages (what the optimiser sees):
+    `params` itself for a model without BatchNorm."""
+    if not self.has_batch_stats:
+      return params
+    out = {g: dict(v) if g in ('encoders', 'decoders') else v
+           for g, v in params.items()}
+    for group, name in self._batch_stats_entries():
+      out[group][name] = params[group][name]['params']
+    return out
+
+  def with_trainable(self, params, trainable):
+    """`params` with its trainable part replaced by `trainable` (the
+    running averages of `params` kept)."""
+    if not self.has_batch_stats:
+      return trainable
+    out = {g: dict(v) if g in ('encoders', 'decoders') else v
+           for g, v in trainable.items()}
+    for group, name in self._batch_stats_entries():
+      out[group][name] = {'params': trainable[group][name],
+                          'batch_stats': params[group][name]['batch_stats']}
+    return out
+
+  def update_batch_stats(self, key, params, batch: types.Batch):
+    """`params` with the running averages after one train-mode pass.
+
+    Each BatchNorm encoder runs on its modality's batch (B rows); each
+    BatchNorm decoder on u_m = [w_m, z_m] drawn once from every modality's
+    unimodal posterior q_m (encoders in train mode), M * B rows. Every
+    BatchNorm layer then moves its averages once, with PyTorch's momentum
+    0.1 (`cub.BatchNorm`). The official code updates them at every network
+    call of its forward pass (each decoder M times per step, on K * B
+    rows each); one update per step from a K = 1 draw is this port's
+    choice (docs/cub.md "Networks and recipes").
+
+    Args:
+      key: noise of the posterior draws.
+      params: model params (with running averages).
+      batch: `{name: [B, *event]}`.
+    """
+    out = {g: dict(v) if g in ('encoders', 'decoders') else v
+           for g, v in params.items()}
+    res = []
+    for mod in self.modalities:
+      v = params['encoders'][mod.name]
+      if _uses_batch_stats(mod.encoder):
+        r, upd = mod.encoder.apply(v, batch[mod.name], train=True,
+                                   mutable=['batch_stats'])
+        out['encoders'][mod.name] = {'params': v['params'],
+                                     'batch_stats': upd['batch_stats']}
+      else:
+        r = mod.encoder.apply({'params': v}, batch[mod.name])
+      res.append(r)
+    loc_w, raw_w, loc_z, raw_z = (jnp.stack(t) for t in zip(*res))
+    loc = jnp.concatenate([loc_w, loc_z], -1)  # [M, B, Dw + Dz]
+    scale = jnp.concatenate([self.scale(raw_w), self.scale(raw_z)], -1)
+    eps = distributions.noise(self.family, key, loc.shape)
+    u = jax.lax.stop_gradient(loc + scale * eps).reshape((-1, loc.shape[-1]))
+    for mod in self.modalities:
+      if _uses_batch_stats(mod.decoder):
+        v = params['decoders'][mod.name]
+        _, upd = mod.decoder.apply(v, u, train=True, mutable=['batch_stats'])
+        out['decoders'][mod.name] = {'params': v['params'],
+                                     'batch_stats': upd['batch_stats']}
+    return out
+
+
+def _uses_batch_stats(module) -> bool:
+  return bool(getattr(module, 'uses_batch_stats', False))
+
+
+def _variables(module, variables):
+  """What `init` keeps of a module's Flax variables: its params, or for a
+  module with BatchNorm `{'params', 'batch_stats'}`."""
+  if _uses_batch_stats(module):
+    return {'params': variables['params'],
+            'batch_stats': variables['batch_stats']}
+  return variables['params']
 
 
 def _remat_over_last_sample_axis(fn):

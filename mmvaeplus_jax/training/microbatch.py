@@ -152,6 +152,10 @@ class MicrobatchedTrainStep:
   """
 
   def __init__(self, config, model, tx, mesh, size: int):
+    if model.has_batch_stats:
+      raise ValueError(
+          'microbatched steps do not support BatchNorm (batch statistics'
+          ' would be per microbatch): set train.microbatch_size=0')
     o = config.objective
     self.size = int(size)
     self.num_devices = mesh.devices.size

@@ -47,6 +47,10 @@ def train_step(state: train_state.TrainState, batch, base_key, *, model, tx,
     (new state, metrics dict of scalars).
   """
   key = jax.random.fold_in(base_key, state.step)
+  if model.has_batch_stats:
+    return _train_step_batch_stats(
+        state, batch, key, model=model, tx=tx, num_samples=num_samples,
+        beta=beta, estimator=estimator, options=options)
 
   def loss_fn(params):
     bound = model.objective(
@@ -56,6 +60,30 @@ def train_step(state: train_state.TrainState, batch, base_key, *, model, tx,
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   return update.apply_gradients(state, loss, grads, tx=tx)
+
+
+def _train_step_batch_stats(state, batch, key, *, model, tx,
+                            num_samples, beta, estimator, options):
+  """`train_step` of a model with BatchNorm: the objective in train mode
+  (batch statistics; `model.train_mode()`), the gradient of the trainable
+  params only, and the running averages moved once by
+  `model.update_batch_stats` (their own noise, `fold_in(key, 1)`)."""
+  images = _images(model, batch)
+  trained = model.train_mode()
+
+  def loss_fn(trainable):
+    bound = trained.objective(
+        key, model.with_trainable(state.params, trainable), images,
+        num_samples=num_samples, beta=beta, estimator=estimator,
+        **dict(options))
+    return -jnp.mean(bound)
+
+  loss, grads = jax.value_and_grad(loss_fn)(
+      model.trainable_params(state.params))
+  new_params = model.update_batch_stats(
+      jax.random.fold_in(key, 1), state.params, images)
+  return update.apply_gradients(state, loss, grads, tx=tx, model=model,
+                                new_params=new_params)
 
 
 def eval_step(params, batch, key, *, model, num_samples: int, beta: float,

@@ -15,17 +15,30 @@ import optax
 from mmvaeplus_jax import train_state
 
 
-def apply_gradients(state: train_state.TrainState, loss, grads, *, tx):
+def apply_gradients(state: train_state.TrainState, loss, grads, *, tx,
+                    model=None, new_params=None):
   """The update of `train_step` from the loss and its gradient: skipped
   (params and optimiser state kept) when either is non-finite.
+
+  Args:
+    model, new_params: for a model with BatchNorm running averages
+      (`model.has_batch_stats`): `grads` are those of
+      `model.trainable_params`, and `new_params` holds the updated running
+      averages (`model.update_batch_stats`). None: `grads` cover all params.
 
   Returns:
     (new state, metrics dict of scalars).
   """
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  if model is None:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+  else:
+    trainable = model.trainable_params(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    params = model.with_trainable(new_params,
+                                  optax.apply_updates(trainable, updates))
   keep = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(finite, n, o), new, old)
   consecutive = jnp.where(finite, 0, state.nonfinite_consecutive + 1)
