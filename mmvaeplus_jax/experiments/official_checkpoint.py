@@ -83,6 +83,19 @@ class OfficialCheckpointError(ValueError):
 # ------------------------------------------------------------------ configs
 
 
+# The official run's argparse names -> (config section, key, conversion).
+_ARGS_TO_CONFIG = {
+    'latent_dim_w': ('model', 'dim_w', int),
+    'latent_dim_z': ('model', 'dim_z', int),
+    'priorposterior': ('model', 'family', lambda v: _family(v)),
+    'beta': ('objective', 'beta', float),
+    'K': ('objective', 'num_samples', int),
+    'batch_size': ('train', 'batch_size', int),
+    'epochs': ('train', 'num_epochs', int),
+    'seed': ('', 'seed', int),
+}
+
+
 def official_config(args: Mapping[str, Any] | None = None):
   """The config of the official recipe (`polymnist.py:official2024`), with
   the settings of an official run's `args.json` applied when given
@@ -92,22 +105,9 @@ def official_config(args: Mapping[str, Any] | None = None):
   c = polymnist_configs.get_config(OFFICIAL_VARIANT)
   if not args:
     return c
-  if 'latent_dim_w' in args:
-    c.model.dim_w = int(args['latent_dim_w'])
-  if 'latent_dim_z' in args:
-    c.model.dim_z = int(args['latent_dim_z'])
-  if 'priorposterior' in args:
-    c.model.family = _family(args['priorposterior'])
-  if 'beta' in args:
-    c.objective.beta = float(args['beta'])
-  if 'K' in args:
-    c.objective.num_samples = int(args['K'])
-  if 'batch_size' in args:
-    c.train.batch_size = int(args['batch_size'])
-  if 'epochs' in args:
-    c.train.num_epochs = int(args['epochs'])
-  if 'seed' in args:
-    c.seed = int(args['seed'])
+  for arg, (section, key, convert) in _ARGS_TO_CONFIG.items():
+    if arg in args:
+      (c[section] if section else c)[key] = convert(args[arg])
   return c
 
 
