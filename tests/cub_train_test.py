@@ -2,12 +2,13 @@
 `experiments.train.train` on a tiny fixture of the `official` layout (the
 fixture of tests/cub_data_test.py), the vocabulary check between config and
 data, the loop's image-only sample grids, `load_run` with the BatchNorm
-running averages, resuming, and the evaluators' direct network calls
+running averages, resuming (slow), and the evaluators' direct network calls
 (`evaluation/frechet.py`) on BatchNorm networks. The same run on the real
 CUB-23 data (../shared/data/cub) is slow and skipped without it.
 """
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -15,8 +16,11 @@ from PIL import Image
 import pytest
 
 import cub_data_test
+from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import cub as cub_configs
+from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.evaluation import frechet
+from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.experiments import runs
 from mmvaeplus_jax.experiments import train
 from mmvaeplus_jax.input import builders
@@ -71,29 +75,53 @@ def _check_run(workdir, config, steps):
   return metrics
 
 
-def test_smoke_trains_restores_batch_stats_and_resumes(fixture_dirs,
-                                                       tmp_path):
+@pytest.fixture(scope='module', name='trained')
+def _trained(fixture_dirs, tmp_path_factory):
+  """The workdir of the smoke config trained 3 steps on the fixture."""
   data_dir, manual = fixture_dirs
-  workdir = tmp_path / 'run'
+  workdir = tmp_path_factory.mktemp('cub_run') / 'run'
   _check_run(workdir, _config(data_dir, manual), 3)
-  run = runs.load_run(str(workdir))
+  return workdir
+
+
+@pytest.mark.slow
+def test_smoke_trains_and_load_run_restores_batch_stats(trained):
+  run = runs.load_run(str(trained))
   assert run.step == 3 and run.model.has_batch_stats
   assert run.config.model.vocab_size == FIXTURE_V
-  # The running averages moved from their initial values (0 mean, 1 var)
-  # and came back with the params.
+  # The running averages moved from their initial values (0 mean) and came
+  # back with the params; the image networks have none.
   for group in ('encoders', 'decoders'):
     stats = run.params[group]['caption']['batch_stats']
     means = [np.asarray(x) for p, x in
              jax.tree_util.tree_leaves_with_path(stats) if 'mean' in str(p)]
     assert means and any(np.abs(m).max() > 0 for m in means), group
-  assert 'batch_stats' not in run.params['encoders']['image']
-  # Resume: the same workdir, two more steps from the checkpoint of step 3.
+    assert 'batch_stats' not in run.params[group]['image']
+
+
+@pytest.mark.slow
+def test_eval_bound_and_grids_on_the_run(trained):
+  """`eval.py`'s runner on the trained run: the test bound (eval mode) and
+  the image-only grids."""
+  config = runs.load_run(str(trained)).config
+  config.evals.evaluators = 'bound,grids'
+  metrics = runner.evaluate(config, str(trained))
+  assert np.isfinite(metrics['eval/bound'])
+  assert metrics['num_examples'] == BATCH
+
+
+@pytest.mark.slow
+def test_smoke_resumes(fixture_dirs, trained, tmp_path):
+  data_dir, manual = fixture_dirs
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  first = runs.load_run(str(workdir))
+  # The same workdir, two more steps from the checkpoint of step 3.
   _check_run(workdir, _config(data_dir, manual, steps=5), 5)
   resumed = runs.load_run(str(workdir))
   assert resumed.step == 5
-  first = runs.load_run(str(workdir), 3)
   jax.tree.map(np.testing.assert_array_equal, _stats(first.params),
-               _stats(run.params))
+               _stats(runs.load_run(str(workdir), 3).params))
   moved = jax.tree.leaves(jax.tree.map(
       lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
       _stats(resumed.params), _stats(first.params)))
@@ -114,35 +142,36 @@ def test_vocabulary_size_must_match_the_data(fixture_dirs, tmp_path):
   assert len(captions.vocabulary_from_info(builder.info).words) == FIXTURE_V
   sources.check_model_data(config.data, _config(data_dir, manual).model)
   # Models without a vocabulary are not checked (no vocab_size key).
-  assert 'vocab_size' not in __import__(
-      'mmvaeplus_jax.configs.polymnist', fromlist=['x']).get_config(
-          'smoke').model
+  assert 'vocab_size' not in polymnist_configs.get_config('smoke').model
 
 
-def test_frechet_network_calls_use_running_averages(fixture_dirs, tmp_path):
-  """`frechet`'s direct decoder / encoder calls on a CUB model: the
-  BatchNorm text encoder's `{'params', 'batch_stats'}` in eval mode (each
-  example's output independent of the rest of the batch)."""
+def test_frechet_network_calls_use_running_averages(fixture_dirs):
+  """`frechet`'s direct encoder / decoder calls on a CUB model (initialised
+  params; the default-suite check of the BatchNorm path): the BatchNorm text
+  encoder's `{'params', 'batch_stats'}` in eval mode: other running
+  averages give other images (train mode would ignore them). The
+  unconditional path and the image source apply networks without
+  BatchNorm (bare params, as before)."""
   data_dir, manual = fixture_dirs
-  workdir = tmp_path / 'run'
-  train.train(_config(data_dir, manual), str(workdir))
-  run = runs.load_run(str(workdir))
+  model = models.get_model(_config(data_dir, manual).model)
   data = builders.load_split('cub_image_captions/official', 'test', data_dir)
   ids = np.asarray(data['caption'][:4], np.int32)
+  images = data['image'][:4].astype(np.float32) / 255
+  params = jax.jit(model.init)(jax.random.key(0),
+                               {'image': images, 'caption': ids})
   key = jax.random.key(1)
   index = np.arange(4, dtype=np.int32)
-  for source, x in (('caption', ids),
-                    ('image', data['image'][:4].astype(np.float32) / 255)):
-    out = np.asarray(frechet.conditional_images(
-        key, run.model, run.params, x, index, source=source, target='image'))
-    assert out.shape == (4, 64, 64, 3) and np.isfinite(out).all()
-    half = np.asarray(frechet.conditional_images(
-        key, run.model, run.params, x[:2], index[:2], source=source,
-        target='image'))
-    np.testing.assert_allclose(half, out[:2], rtol=1e-5, atol=1e-6)
-  unc = np.asarray(frechet.unconditional_images(
-      key, run.model, run.params, index, target='image'))
-  assert unc.shape == (4, 64, 64, 3) and np.isfinite(unc).all()
+  cond = jax.jit(lambda p, x, i: frechet.conditional_images(
+      key, model, p, x, i, source='caption', target='image'))
+  out = np.asarray(cond(params, ids, index))
+  assert out.shape == (4, 64, 64, 3) and np.isfinite(out).all()
+  enc = dict(params['encoders'])
+  enc['caption'] = {'params': enc['caption']['params'],
+                    'batch_stats': jax.tree.map(
+                        lambda a: a * 0 + 0.5,
+                        enc['caption']['batch_stats'])}
+  other = np.asarray(cond({**params, 'encoders': enc}, ids, index))
+  assert np.abs(other - out).max() > 1e-4
 
 
 @pytest.mark.slow
