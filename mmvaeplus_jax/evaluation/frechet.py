@@ -53,6 +53,7 @@ from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.models import base
+from mmvaeplus_jax.models import networks
 
 Array = jax.Array
 
@@ -100,8 +101,8 @@ def unconditional_images(key, model: base.MultimodalVAE, params, index,
 
 def _uncond_decode(dec_params, key, d, index, *, model, decoder, alpha):
   z, w = generation.unconditional_per_example(key, model, index, alpha=alpha)
-  return decoder.apply({'params': dec_params},
-                       generation.concat_latents(w[d], z))
+  return networks.apply_eval(decoder, dec_params,
+                             generation.concat_latents(w[d], z))
 
 
 def conditional_images(key, model: base.MultimodalVAE, params, x_source,
@@ -123,11 +124,12 @@ def conditional_images(key, model: base.MultimodalVAE, params, x_source,
 
 def _cond_decode(enc_params, dec_params, key, e, d, x_source, index, *,
                  model, encoder, decoder, alpha):
-  loc_w, raw_w, loc_z, raw_z = encoder.apply({'params': enc_params}, x_source)
+  loc_w, raw_w, loc_z, raw_z = networks.apply_eval(encoder, enc_params,
+                                                   x_source)
   u = generation.pair_latents_per_example(
       key, model, loc_w, model.scale(raw_w), loc_z, model.scale(raw_z), index,
       e, d, alpha=alpha)
-  return decoder.apply({'params': dec_params}, u)
+  return networks.apply_eval(decoder, dec_params, u)
 
 
 def _real_features(fparams, index, batch, *, apply):

@@ -276,6 +276,7 @@ def evaluate(config, workdir: str, step: int | None = None, *,
   ec = config.evals
   model = train_state.model_of(config)
   eval_src = _eval_source(config.data)
+  sources.check_model_data(config.data, config.model)
   n = len(eval_src) if ec.num_examples <= 0 else min(ec.num_examples,
                                                       len(eval_src))
   data = eval_src.read(np.arange(n))  # {name: uint8 [n, ...], 'label': [n]}

@@ -11,6 +11,12 @@ import numpy as np
 from PIL import Image
 
 
+def is_image_shape(event_shape) -> bool:
+  """Whether an event shape can be drawn as an image: (H, W, 1 or 3)."""
+  s = tuple(event_shape)
+  return len(s) == 3 and s[-1] in (1, 3)
+
+
 def canvas_shape(event_shapes) -> tuple[int, int, int] | None:
   """The smallest `(H, W, 3)` holding every image event shape `(H, W, C)`
   (C = 1 or 3): modalities of different sizes share one grid. Equal event

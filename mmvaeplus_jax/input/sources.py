@@ -8,6 +8,11 @@ training shell.
 
 `config.data.name` picks the TFDS dataset (`builders.BUILDER_FILES`);
 `config.data.config` its builder config (e.g. PolyMNIST 'mini', 'rebuilt').
+
+`check_model_data(config.data, config.model)` checks what the model takes
+from the data: a config with `model.vocab_size` (CUB) must name the
+prepared dataset's `vocabulary_size` (its metadata); the trainer and the
+evaluators call it after preparing the data.
 """
 
 from __future__ import annotations
@@ -55,6 +60,34 @@ def split_source(data, split: str) -> pipeline.Source:
         name, split, data.data_dir, manual_dir=manual_dir))
   builder = builders.prepare(name, data.data_dir, manual_dir=manual_dir)
   return pipeline.DataSource(builder.as_data_source(split=split))
+
+
+def check_model_data(data, model) -> None:
+  """Raises ValueError when `model.vocab_size` is not the prepared dataset's
+  vocabulary size (metadata `vocabulary_size`, e.g. CUB's 509 for cub23).
+
+  A no-op for a model config without `vocab_size` (PolyMNIST, MNIST-SVHN)
+  or a dataset without a vocabulary. The config must state the number (no
+  filling from the data): the run's config.json then describes its model,
+  and `load_run` rebuilds it without the data.
+  """
+  want = model.get('vocab_size')
+  if want is None:
+    return
+  builder = builders.prepare(dataset_name(data), data.data_dir,
+                             manual_dir=data.manual_dir or None)
+  metadata = builder.info.metadata or {}
+  have = metadata.get('vocabulary_size')
+  if have is None:
+    raise ValueError(
+        f'model.vocab_size={want} but dataset {dataset_name(data)!r} has no'
+        ' vocabulary (no `vocabulary_size` in its metadata)')
+  if int(want) != int(have):
+    raise ValueError(
+        f'model.vocab_size={want} but the prepared dataset'
+        f' {dataset_name(data)!r} has a vocabulary of {have} words: set'
+        f' vocab_size={have} (e.g. --config=mmvaeplus_jax/configs/cub.py:'
+        f'<variant>,vocab_size={have}, or --config.model.vocab_size={have})')
 
 
 def load_sources(data):

@@ -285,6 +285,16 @@ class NetworkVAE(base.MultimodalVAE):
     return out
 
 
+def apply_eval(module, variables, x):
+  """`module(x)` in eval mode from its entry of `params['encoders' |
+  'decoders']`: bare params, or for a network with BatchNorm `{'params',
+  'batch_stats'}` (the running averages). For code that applies one network
+  outside the model (e.g. `evaluation/frechet.py`)."""
+  if not _uses_batch_stats(module):
+    return module.apply({'params': variables}, x)
+  return module.apply(variables, x, train=False)
+
+
 def _uses_batch_stats(module) -> bool:
   return bool(getattr(module, 'uses_batch_stats', False))
 

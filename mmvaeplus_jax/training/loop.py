@@ -210,6 +210,7 @@ def train_and_evaluate(config, workdir: str, *,
   model = models.get_model(config.model)
   tx = train_state.make_optimizer(config.optim)
   train_src, eval_src = sources.load_sources(config.data)
+  sources.check_model_data(config.data, config.model)
   keys = tuple(model.names) + ('label',)  # only what the model reads
   train_src, eval_src = (pipeline.Select(s, keys)
                          for s in (train_src, eval_src))
