@@ -145,6 +145,7 @@ def test_vocabulary_size_must_match_the_data(fixture_dirs, tmp_path):
   assert 'vocab_size' not in polymnist_configs.get_config('smoke').model
 
 
+@pytest.mark.slow  # ~50 s, mostly compiling the CUB networks
 def test_frechet_network_calls_use_running_averages(fixture_dirs):
   """`frechet`'s direct encoder / decoder calls on a CUB model (initialised
   params; the default-suite check of the BatchNorm path): the BatchNorm text
