@@ -36,6 +36,8 @@ def test_official_parameter_counts_at_vocabulary_1590():
   assert _count(cub.TextDecoder(V, 16), u) == 3_096_023
 
 
+# Slow: the full text networks, eagerly (~30 s on the 2-core CPU).
+@pytest.mark.slow
 def test_text_shapes_follow_pytorch_padding():
   dec = cub.TextDecoder(V, 16)
   variables = dec.init(jax.random.key(0), jnp.zeros((2, 64)))
@@ -171,6 +173,8 @@ def test_model_without_batch_norm_has_no_state():
   assert 'batch_stats' not in str(jax.tree.structure(params))
 
 
+# Slow: a CUB train step's compile (~70 s on the 2-core CPU).
+@pytest.mark.slow
 def test_batch_stats_round_trip_through_checkpoint(tmp_path):
   c = cub_configs.get_config('smoke')
   model = models.get_model(c.model)
