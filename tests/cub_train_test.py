@@ -183,3 +183,26 @@ def test_smoke_trains_on_real_cub23(tmp_path):
                        'cub23'])
   _check_run(tmp_path / 'run', config, 3)
   assert runs.load_run(str(tmp_path / 'run')).model.has_batch_stats
+
+
+@pytest.mark.slow
+def test_eval_caption_figures_on_the_run(trained):
+  """The image-caption evaluators on the trained run: the caption figures
+  and tables are written, the colour metric says it needs more examples
+  than the fixture's 8, the pixel-only figures refuse the caption."""
+  config = runs.load_run(str(trained)).config
+  config.evals.update(evaluators='captions,colour,figures',
+                      captions_examples=3, captions_unconditional=2,
+                      figures_samples=2)
+  metrics = runner.evaluate(config, str(trained), tag='captions')
+  out = os.path.join(trained, 'eval', '3-captions')
+  for name in ('caption_to_image.png', 'image_to_caption.png',
+               'unconditional_captions.png', 'image_to_caption.md',
+               'unconditional_captions.md'):
+    assert name in metrics['captions/files']
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  table = open(os.path.join(out, 'image_to_caption.md')).read().split('\n')
+  assert len([r for r in table if r.startswith('| ')]) == 1 + 3
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(out))
+  assert 'evaluate more examples' in metrics['skipped']['colour']
+  assert "['caption'] are not images" in metrics['skipped']['figures']

@@ -183,6 +183,10 @@ def base_config() -> ml_collections.ConfigDict:
       samples_num_examples=100,  # N (-1: every evaluated example)
       samples_per_input=4,  # S
       samples_num_unconditional=100,  # U
+      # Image-caption models (evaluation/caption_figures.py): test
+      # examples of the caption <-> image figures, joint prior samples.
+      captions_examples=8,
+      captions_unconditional=8,
       traversal_steps=9,
       traversal_span=5.0,  # +- prior scales (paper: 5)
       traversal_quantiles=False,  # traverse prior quantiles instead

@@ -20,6 +20,11 @@ with VARIANT one of
   likelihoods and scalings are the paper's; vocabulary 509 (CUB-23's).
 * `smoke`: a few steps of a tiny model for tests (width 1/32, K = 2, B = 4).
 
+`eval.py` runs `EVALUATORS` on these runs: the test bound, species coherence
+and FD_clf (with `evals.classifier_dir`), latent classification, the
+likelihood, the weight-free colour coherence (`evaluation/colour.py`) and the
+caption <-> image figures (`evaluation/caption_figures.py`).
+
 Extra `key=value` pairs: `model` (mmvaeplus, mmvae, mvae, mopoe), `beta`,
 `estimator`, `data` (`cub23` or `official`), `vocab_size` (the dataset's
 `vocabulary_size`; default by data config: 509 for cub23, 1,590 official).
@@ -28,6 +33,8 @@ Extra `key=value` pairs: `model` (mmvaeplus, mmvae, mvae, mopoe), `beta`,
 from mmvaeplus_jax.configs import common
 
 MODELS = ('mmvaeplus', 'mmvae', 'mvae', 'mopoe')
+EVALUATORS = ('bound,coherence,fd_clf,latent_classification,likelihood,'
+              'colour,captions')
 VOCABULARY_SIZES = {'cub23': 509, 'official': 1590}
 
 
@@ -56,6 +63,10 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, amsgrad=True)
   c.train.update(batch_size=32, num_epochs=50, microbatch_size=0,
                  final_coherence=False)
+  # What eval.py runs on CUB: the pixel-only evaluators (figures, samples,
+  # diversity, fid) would refuse the caption; `colour` and `captions` are
+  # the image-caption ones; coherence / fd_clf need evals.classifier_dir.
+  c.evals.evaluators = EVALUATORS
   if a.variant == 'paper':
     c.data.update(config='official', manual_dir='')
     if a.model in ('mvae', 'mopoe'):

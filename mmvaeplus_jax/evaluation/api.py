@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.infra import plotting
 from mmvaeplus_jax.models import base
 
 Params = Any
@@ -141,6 +142,25 @@ def skip(name: str, reason: str) -> dict:
   """What an evaluator that cannot run returns: `{'skipped': {name: reason}}`.
   """
   return {'skipped': {name: reason}}
+
+
+def skip_unless_images(ctx: EvalContext, name: str,
+                       instead: str = '') -> dict | None:
+  """`skip(name, ...)` when a modality of `ctx.model` is not an image (event
+  shape (H, W, 1 or 3), e.g. CUB's caption token ids), else None.
+
+  For evaluators that draw or compare every modality as pixels: they refuse
+  such a model whole (one reason in `skipped`) rather than drop modalities
+  silently. `instead` names the evaluators to use for it.
+  """
+  others = [m.name for m in ctx.model.modalities
+            if not plotting.is_image_shape(m.event_shape)]
+  if not others:
+    return None
+  return skip(name, f'modalities {others} are not images; {name!r} needs'
+              ' every modality to be an image' + (
+                  f' (for image-caption models use {instead})'
+                  if instead else ''))
 
 
 def stable_hash(name: str) -> int:

@@ -121,6 +121,9 @@ def spread_metrics(spread: np.ndarray, real: dict[str, float],
 @api.register('diversity')
 def diversity_evaluator(ctx: api.EvalContext) -> dict:
   """Cross-modal sample spread against the real within-class spread."""
+  skipped = api.skip_unless_images(ctx, 'diversity')
+  if skipped:
+    return skipped
   ec = ctx.config.evals
   model = ctx.model
   if model.num_modalities < 2:

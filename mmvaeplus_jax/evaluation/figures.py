@@ -335,6 +335,9 @@ def write_figures(key, model, params, data: Mapping[str, np.ndarray],
 @api.register('figures')
 def figures_evaluator(ctx: api.EvalContext) -> dict:
   """All per-checkpoint figures (Figs. 1 left, 6, 7, 8, 9, 10, 20)."""
+  skipped = api.skip_unless_images(ctx, 'figures', 'captions')
+  if skipped:
+    return skipped
   files = write_figures(
       ctx.key, ctx.model, ctx.params, ctx.data, ctx.out_dir,
       FigureOptions.from_config(ctx.config.evals),

@@ -301,6 +301,9 @@ def fid_metrics(ctx: api.EvalContext) -> dict:
   `fid_stats_dir`, `alpha`. Without the weights file: skipped, with the
   loader's message (which names the download address).
   """
+  skipped = api.skip_unless_images(ctx, 'fid')
+  if skipped:
+    return skipped
   ec = ctx.config.evals
   path = ec.inception_weights or str(fid.default_weights_path())
   try:

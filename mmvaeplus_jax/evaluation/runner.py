@@ -29,8 +29,10 @@ Evaluators (default: all of them, in this order):
 
 Also available: `grids` (the training loop's two sample grids, cheap),
 `samples` (`samples.npz`: uint8 conditional and unconditional samples for
-scoring elsewhere, `evaluation.samples`) and `alpha_sweep`
-(`evaluation.alpha_sweep`).
+scoring elsewhere, `evaluation.samples`), `alpha_sweep`
+(`evaluation.alpha_sweep`) and, for image-caption models (CUB), `colour`
+(colour coherence, weight-free, `evaluation.colour`) and `captions` (the
+caption <-> image figures and tables, `evaluation.caption_figures`).
 
 Every number is deterministic for `config.seed`: evaluator `name` gets the
 key `api.evaluator_key(root, name)`, and per-example keys come from the
@@ -54,8 +56,10 @@ from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax import sample_grids
 from mmvaeplus_jax.evaluation import alpha_sweep  # registers 'alpha_sweep'
 from mmvaeplus_jax.evaluation import api
+from mmvaeplus_jax.evaluation import caption_figures  # registers 'captions'
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
+from mmvaeplus_jax.evaluation import colour  # registers 'colour'
 from mmvaeplus_jax.evaluation import diversity  # registers 'diversity'
 from mmvaeplus_jax.evaluation import fd_clf  # registers 'fd_clf'
 from mmvaeplus_jax.evaluation import figures  # registers 'figures'
@@ -69,8 +73,8 @@ from mmvaeplus_jax.infra import checkpointing
 from mmvaeplus_jax.infra import writers
 from mmvaeplus_jax import train_state
 
-del alpha_sweep, diversity, fd_clf, figures, frechet, latent_classification
-del likelihood, samples
+del alpha_sweep, caption_figures, colour, diversity, fd_clf, figures, frechet
+del latent_classification, likelihood, samples
 
 ROOT_KEY_SALT = 1_000_003
 SECONDS_FILE = 'seconds.json'  # beside metrics.json: wall time per evaluator

@@ -74,6 +74,9 @@ def sample_arrays(key, model, params, data, *, num_examples: int,
 @api.register('samples')
 def samples_evaluator(ctx: api.EvalContext) -> dict:
   """Writes `samples.npz` in `ctx.out_dir` (module docstring)."""
+  skipped = api.skip_unless_images(ctx, 'samples', 'captions')
+  if skipped:
+    return skipped
   ec = ctx.config.evals
   arrays = sample_arrays(
       ctx.key, ctx.model, ctx.params, ctx.data,

@@ -1,7 +1,7 @@
 """Metric writers: console logging plus TensorBoard files, no TensorFlow.
 
 The interface is CLU's `MetricWriter` subset the loop uses (`write_scalars`,
-`write_images`, `write_hparams`, `flush`, `close`). CLU itself is not used:
+`write_images`, `write_hparams`, `flush`, `close`) plus `write_texts`. CLU itself is not used:
 `clu.metric_writers` (0.0.12, the latest release) imports TensorFlow when the
 package is imported, and TensorFlow stays optional here. TensorBoard event
 files are written by tensorboardX, whose event writer runs in its own thread.
@@ -32,6 +32,9 @@ class LoggingWriter:
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     logging.info('hparams: %s', dict(hparams))
+
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    logging.info('[%d] texts: %s', step, ', '.join(sorted(texts)))
 
   def flush(self):
     pass
@@ -65,6 +68,11 @@ class TensorboardWriter:
       self._writer.add_image(tensorboard_tag(key), np.asarray(value), step,
                              dataformats='HWC')
 
+  def write_texts(self, step: int, texts: Mapping[str, str]):
+    """`{name: markdown}` as TensorBoard text summaries."""
+    for key, value in texts.items():
+      self._writer.add_text(tensorboard_tag(key), value, global_step=step)
+
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._writer.add_text(
         'hparams', '  \n'.join(f'{k}: {v}' for k, v in sorted(hparams.items())))
@@ -88,6 +96,9 @@ class JsonlWriter:
       f.write(json.dumps(row, sort_keys=True) + '\n')
 
   def write_images(self, step, images):
+    pass
+
+  def write_texts(self, step, texts):
     pass
 
   def write_hparams(self, hparams):

@@ -21,6 +21,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from mmvaeplus_jax.input import builders
+from mmvaeplus_jax.input import captions
 from mmvaeplus_jax.input import pipeline
 
 
@@ -88,6 +89,22 @@ def check_model_data(data, model) -> None:
         f' {dataset_name(data)!r} has a vocabulary of {have} words: set'
         f' vocab_size={have} (e.g. --config=mmvaeplus_jax/configs/cub.py:'
         f'<variant>,vocab_size={have}, or --config.model.vocab_size={have})')
+
+
+def vocabulary(data):
+  """The prepared dataset's caption vocabulary (`captions.Vocabulary`).
+
+  Raises:
+    ValueError: the dataset has no vocabulary (not a captions dataset).
+  """
+  builder = builders.prepare(dataset_name(data), data.data_dir,
+                             manual_dir=data.manual_dir or None)
+  if captions.METADATA_KEY not in (builder.info.metadata or {}):
+    raise ValueError(
+        f'dataset {dataset_name(data)!r} has no caption vocabulary (no'
+        f' {captions.METADATA_KEY!r} in its metadata): text evaluators need a'
+        ' captions dataset such as cub_image_captions')
+  return captions.vocabulary_from_info(builder.info)
 
 
 def load_sources(data):
