@@ -249,7 +249,7 @@ def rel_err(got, want):
 
 
 def _config(width):
-  config = official_checkpoint.official_config()
+  config = official_checkpoint.official_config(family='laplace')
   config.model.width = width
   return config
 
@@ -498,6 +498,14 @@ def test_args_json_sets_or_checks_the_config(tmp_path, small):
           'beta': 1.0, 'K': 10, 'obj': 'dreg', 'seed': 1}
   c = official_checkpoint.official_config(args)
   assert c.model.family == 'normal' and c.objective.beta == 1.0
+  assert official_checkpoint.official_config(
+      args, family='normal').model.family == 'normal'
+  with pytest.raises(official_checkpoint.OfficialCheckpointError,
+                     match="family 'laplace' but args.json says"):
+    official_checkpoint.official_config(args, family='laplace')
+  with pytest.raises(official_checkpoint.OfficialCheckpointError,
+                     match='the latent family is unknown'):
+    official_checkpoint.official_config({'beta': 1.0})
   assert c.objective.num_samples == 10 and c.objective.estimator == 'iwae'
   write_pt(tmp_path / 'model_5.rar', sd)
   (tmp_path / 'args.json').write_text(json.dumps(args))
@@ -526,13 +534,18 @@ def test_command_line(tmp_path, small, capsys):
   # file, a file that is not a state dict: one line on stderr, exit 1.
   assert convert_official.main(argv) == 1
   assert 'already holds checkpoints' in capsys.readouterr().err
+  # No config and no args.json: the family must be given.
   assert convert_official.main(
-      argv[:2] + ['--workdir', str(tmp_path / 'y'),
+      argv[:2] + ['--workdir', str(tmp_path / 'y')]) == 1
+  assert '--family laplace' in capsys.readouterr().err
+  assert convert_official.main(
+      argv[:2] + ['--workdir', str(tmp_path / 'y'), '--family', 'laplace',
                   '--set', 'model.width=0.125', '--set', 'model.dim_w=16']) == 1
   err = capsys.readouterr().err
   assert 'wrong shape' in err and 'model.dim_w=32' in err, err
   assert not (tmp_path / 'y').exists()  # nothing written
   (tmp_path / 'junk.rar').write_bytes(b'not a pickle')
   assert convert_official.main(['--pt', str(tmp_path / 'junk.rar'),
-                                '--workdir', str(tmp_path / 'x')]) == 1
+                                '--workdir', str(tmp_path / 'x'),
+                                '--family', 'normal']) == 1
   assert 'cannot read' in capsys.readouterr().err

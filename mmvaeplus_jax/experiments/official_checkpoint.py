@@ -96,18 +96,44 @@ _ARGS_TO_CONFIG = {
 }
 
 
-def official_config(args: Mapping[str, Any] | None = None):
+def official_config(args: Mapping[str, Any] | None = None, *,
+                    family: str | None = None):
   """The config of the official recipe (`polymnist.py:official2024`), with
   the settings of an official run's `args.json` applied when given
   (latent_dim_w / latent_dim_z, priorposterior, beta, K, batch_size,
   epochs, seed; `obj` 'elbo' and 'dreg' both train with the IWAE gradient,
-  official_reference.md section 7.1, so the estimator stays 'iwae')."""
+  official_reference.md section 7.1, so the estimator stays 'iwae').
+
+  Args:
+    args: the official run's `args.json` (None: there is none).
+    family: 'laplace' or 'normal', the latents' family. Required when
+      `args` does not give `priorposterior`: the weights cannot tell (a
+      Normal-trained file converted as Laplace loads and scores wrongly);
+      checked against `args` when both give it.
+
+  Raises:
+    OfficialCheckpointError: no family from either, or the two disagree.
+  """
   c = polymnist_configs.get_config(OFFICIAL_VARIANT)
-  if not args:
-    return c
   for arg, (section, key, convert) in _ARGS_TO_CONFIG.items():
-    if arg in args:
+    if args and arg in args:
       (c[section] if section else c)[key] = convert(args[arg])
+  from_args = (_family(args['priorposterior'])
+               if args and 'priorposterior' in args else None)
+  if family is not None:
+    family = _family(family)
+    if from_args is not None and family != from_args:
+      raise OfficialCheckpointError(
+          f'family {family!r} but args.json says priorposterior'
+          f' {args["priorposterior"]!r}: drop the family or fix args.json')
+    c.model.family = family
+  elif from_args is None:
+    raise OfficialCheckpointError(
+        'the latent family is unknown: no args.json with priorposterior'
+        ' beside the checkpoint, and the weights of a Laplace and a Normal'
+        ' run have the same shapes. Give it: --family laplace (the official'
+        ' default) or --family normal (official_config(family=...), or a'
+        ' config with --config)')
   return c
 
 
@@ -388,7 +414,8 @@ def _sha256(path) -> str:
   return digest.hexdigest()
 
 
-def import_run(pt_path, workdir, config=None, *, step: int = 0) -> runs.Run:
+def import_run(pt_path, workdir, config=None, *, step: int = 0,
+               family: str | None = None) -> runs.Run:
   """Writes an official checkpoint as a run directory of this package.
 
   `workdir` gets `config.json`, `checkpoints/<step>/` (a `TrainState`:
@@ -403,9 +430,11 @@ def import_run(pt_path, workdir, config=None, *, step: int = 0) -> runs.Run:
     pt_path: the official `torch.save(model.state_dict())` file.
     workdir: the new run directory (refused if it holds a checkpoint).
     config: the run's config; None: `official_config` with the run's
-      `args.json` beside `pt_path` applied (when there is one). A given
-      config is checked against that `args.json`.
+      `args.json` beside `pt_path` applied (when there is one) and
+      `family`. A given config is checked against that `args.json`.
     step: the checkpoint's step.
+    family: the latents' family when `config` is None ('laplace' or
+      'normal'); required without an `args.json` that gives it.
 
   Returns:
     The written run (`runs.Run`: workdir, config, model, params, step).
@@ -413,7 +442,7 @@ def import_run(pt_path, workdir, config=None, *, step: int = 0) -> runs.Run:
   pt_path = os.path.abspath(os.path.expanduser(pt_path))
   args = read_official_args(pt_path)
   if config is None:
-    config = official_config(args)
+    config = official_config(args, family=family)
   else:
     check_official_args(args, config)
   state_dict = read_state_dict(pt_path)

@@ -1,13 +1,14 @@
 """Import an official MMVAE+ PolyMNIST PyTorch checkpoint as a run directory:
 
   python -m mmvaeplus_jax.tools.convert_official --pt model_250.rar \\
-      --workdir runs/official [--config FILE[:ARG]] [--set key=value ...] \\
-      [--step 0]
+      --workdir runs/official [--family laplace|normal] \\
+      [--config FILE[:ARG]] [--set key=value ...] [--step 0]
 
 then `python eval.py --workdir runs/official` or
 `mmvaeplus_jax.load_run('runs/official')`. No torch needed. Default config:
 `polymnist.py:official2024` with the official run's `args.json` (beside the
-file) applied; `--config` takes a config file (a path, or a name in
+file) applied; without an args.json, `--family` must say whether the
+latents are Laplace or Normal (the weights cannot tell); `--config` takes a config file (a path, or a name in
 mmvaeplus_jax/configs/, e.g. polymnist.py:official2024) and `--set`
 overrides keys of either (e.g. `--set data.manual_dir=../shared/data`).
 The key map and what is assumed: docs/official_checkpoints.md.
@@ -68,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--config', default=None,
                       help='FILE[:ARG] (default: polymnist.py:official2024'
                       ' with the run\'s args.json applied)')
+  parser.add_argument('--family', choices=('laplace', 'normal'),
+                      default=None,
+                      help='latent family of the official run; required'
+                      ' without --config and without an args.json beside'
+                      ' the file (the weights cannot tell)')
   parser.add_argument('--set', action='append', default=[],
                       metavar='KEY=VALUE', help='config override (repeat)')
   parser.add_argument('--step', type=int, default=0,
@@ -78,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       config = load_config(args.config)
     else:
       config = official_checkpoint.official_config(
-          official_checkpoint.read_official_args(args.pt))
+          official_checkpoint.read_official_args(args.pt),
+          family=args.family)
     apply_overrides(config, args.set)
     run = official_checkpoint.import_run(args.pt, args.workdir, config,
                                          step=args.step)
