@@ -29,52 +29,19 @@ def write_sample_grids(out_dir, step, model, params, eval_src, key, num,
 
   Only image modalities (event shape (H, W, 1 or 3)) are drawn: a model
   with others (CUB's `caption`, token ids) gets grids of its image
-  modalities alone, as sources and targets (`_write_image_grids`); its
-  other modalities are skipped (logged once per call).
+  modalities alone, as sources and targets; the other modalities still
+  encode and decode (the same keys and generations), their outputs are not
+  drawn (logged once per call). Modalities of different image shapes share
+  one RGB canvas (`plotting.to_canvas`).
   """
   drawn = [m.name for m in model.modalities
            if plotting.is_image_shape(m.event_shape)]
   if len(drawn) < model.num_modalities:
-    return _write_image_grids(out_dir, step, model, params, eval_src, key,
-                              num, mesh, subdir, drawn)
-  canvas = plotting.canvas_shape([mod.event_shape for mod in model.modalities])
-  n = min(num, len(eval_src))
-  examples = pipeline.to_model_inputs(eval_src.read(np.arange(n)))
-  batch = parallel.replicate(mesh, {k: examples[k] for k in model.names})
-  k_u, k_c = jax.random.split(key)
-  uncond = _generate_uncond(model, params, k_u, n)
-  cross = _generate_cross(model, params, batch, k_c)
-  uncond = np.stack([plotting.to_canvas(np.asarray(uncond[k]), canvas)
-                     for k in model.names])  # [M, N, ...]
-  cross = np.asarray(cross)  # [M_s, M_t, N, ...]
-  # Cross grid: one block per source: its inputs, then its M generations.
-  inputs = np.stack([plotting.to_canvas(np.asarray(examples[k], np.float32),
-                                        canvas)
-                     for k in model.names])
-  blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M_s, 1+M_t, N]
-  rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
-      (1 + model.num_modalities, -1) + blocks.shape[3:])
-  images = {'samples/unconditional': plotting.grid(uncond),
-            'samples/cross_modal': plotting.grid(rows)}
-  if jax.process_index() == 0:
-    for name, img in images.items():
-      plotting.save_png(
-          os.path.join(out_dir, subdir,
-                       f'{name.split("/")[1]}_{step:08d}.png'), img)
-  return images
-
-
-def _write_image_grids(out_dir, step, model, params, eval_src, key, num,
-                       mesh, subdir, drawn):
-  """`write_sample_grids` of a model with non-image modalities: the grids
-  of the image modalities `drawn` (the same keys and generations: the other
-  modalities still encode and decode, their outputs are not drawn)."""
-  skipped = [n for n in model.names if n not in drawn]
-  logging.info('Sample grids: drawing the image modalities %s only; %s'
-               ' cannot be drawn as images (skipped).', drawn, skipped)
-  images = {}
+    logging.info('Sample grids: drawing the image modalities %s only; %s'
+                 ' cannot be drawn as images (skipped).', drawn,
+                 [n for n in model.names if n not in drawn])
   if not drawn:
-    return images
+    return {}
   canvas = plotting.canvas_shape(
       [model.modalities[model.names.index(k)].event_shape for k in drawn])
   n = min(num, len(eval_src))
@@ -89,9 +56,10 @@ def _write_image_grids(out_dir, step, model, params, eval_src, key, num,
   cross = np.stack([plotting.to_canvas(
       np.asarray(by_target[model.names.index(k)])[src], canvas)
                     for k in drawn], axis=1)  # [M'_s, M'_t, N, ...]
+  # Cross grid: one block per source: its inputs, then its generations.
   inputs = np.stack([plotting.to_canvas(np.asarray(examples[k], np.float32),
                                         canvas) for k in drawn])
-  blocks = np.concatenate([inputs[:, None], cross], axis=1)
+  blocks = np.concatenate([inputs[:, None], cross], axis=1)  # [M', 1+M', N]
   rows = blocks.transpose(1, 0, 2, 3, 4, 5).reshape(
       (1 + len(drawn), -1) + blocks.shape[3:])
   images = {'samples/unconditional': plotting.grid(uncond),
@@ -112,8 +80,3 @@ def _generate_cross_by_target(model, params, batch, key):
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _generate_uncond(model, params, key, num):
   return generation.unconditional(key, model, params, num)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _generate_cross(model, params, batch, key):
-  return generation.cross_modal(key, model, params, batch)
