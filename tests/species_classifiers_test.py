@@ -162,6 +162,9 @@ def test_random_flip_mirrors_half_the_images():
   assert 60 < mirrored.sum() < 140  # Binomial(200, 1/2): +- 5.6 sd
 
 
+# Slow: compiles a CUB model's conditional and unconditional counts (~100 s
+# on the busy 2-core CPU).
+@pytest.mark.slow
 def test_coherence_on_a_tiny_cub_model_with_species_classifiers():
   c = cub_configs.get_config('smoke,vocab_size=40')
   model = models.get_model(c.model)
