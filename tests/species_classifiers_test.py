@@ -19,6 +19,7 @@ from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import coherence
 from mmvaeplus_jax.evaluation import species_nets
 from mmvaeplus_jax.input import captions
+from mmvaeplus_jax.tools import classifiers as classifiers_tool
 
 C = 23  # CUB-23 species
 V = 509  # the cub23 vocabulary
@@ -216,3 +217,15 @@ def test_trained_cub23_classifiers_beat_chance():
   assert min(meta['test_accuracy'].values()) > 0.15
   assert species_nets.INPUT_SHAPES[classifiers.arch_of(clfs['caption'])] == (
       L,)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(),
+                    reason=f'needs the shared data dir {SHARED}')
+def test_command_line_refuses_arch_for_cub():
+  assert classifiers_tool.dataset_name('cub23') == 'cub_image_captions/cub23'
+  assert classifiers_tool.dataset_name('rebuilt') == 'rebuilt'
+  with pytest.raises(ValueError, match='--arch is fixed for CUB'):
+    classifiers_tool.main([
+        '--dataset', 'cub23', '--data_dir', '~/tensorflow_datasets',
+        '--manual_dir', str(SHARED), '--out', '/nonexistent', '--arch',
+        'wide'])

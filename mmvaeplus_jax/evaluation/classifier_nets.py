@@ -1,4 +1,6 @@
-"""Digit-classifier networks for coherence: architectures, names, params.
+"""Classifier networks for coherence: architectures, names, params.
+
+Digit classifiers here; CUB's species classifiers in `species_nets`.
 
 One classifier per modality. Each architecture has a name (`MODULES`) and
 serves one image shape (`ARCHITECTURES`); `log_probs` and `features` pick

@@ -71,11 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Trains and stores the coherence classifiers of a dataset."""
   parser = argparse.ArgumentParser(
       description='Train one digit classifier per image modality (PolyMNIST '
-      'ClfImgWide or ClfImg, MNIST / SVHN DigitClf) on the train split; '
-      'store them with their test accuracies.')
+      'ClfImgWide or ClfImg, MNIST / SVHN DigitClf), or CUB\'s species '
+      'classifiers (--dataset cub23: image and caption), on the train '
+      'split; store them with their test accuracies.')
   parser.add_argument('--dataset', default='mini',
-                      help='PolyMNIST config (mini, rebuilt, official) or a'
-                      ' full name such as mnist_svhn/dm1')
+                      help='PolyMNIST config (mini, rebuilt, official),'
+                      ' cub23, or a full name such as mnist_svhn/dm1')
   parser.add_argument('--data_dir', required=True,
                       help='TFDS data directory')
   parser.add_argument('--manual_dir', default=None,
