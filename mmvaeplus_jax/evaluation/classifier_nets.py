@@ -1,4 +1,6 @@
-"""Digit-classifier networks for coherence: architectures, names, params.
+"""Classifier networks for coherence: architectures, names, params.
+
+Digit classifiers here; CUB's species classifiers in `species_nets`.
 
 One classifier per modality. Each architecture has a name (`MODULES`) and
 serves one image shape (`ARCHITECTURES`); `log_probs` and `features` pick
@@ -51,7 +53,13 @@ restores its contrast. Its convolutions use the batch-sliced weight
 gradient of `models/conv.py` on CPU (same values). Measured accuracies of
 all three: docs/results.md.
 
-All inputs are images `[N, *image_shape]`, uint8 (divided by 255 here) or
+The CUB species classifiers ('species_image' for `[64, 64, 3]` images,
+'species_caption' for `[32]` caption ids or `[32, V]` caption logits) live
+in `species_nets`; their class count (and vocabulary) is a property of the
+params (`num_classes_of`, `vocab_size_of`), given to `init` from the data.
+The digit classifiers always have `NUM_CLASSES` = 10.
+
+All image inputs are `[N, *image_shape]`, uint8 (divided by 255 here) or
 float (used as they are, e.g. unclamped decoder means). An unknown
 architecture name raises one ValueError that lists the names.
 """
@@ -67,6 +75,7 @@ import jax
 import jax.numpy as jnp
 
 from mmvaeplus_jax.evaluation import api
+from mmvaeplus_jax.evaluation import species_nets
 from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import polymnist
 
@@ -250,10 +259,16 @@ ARCHITECTURES = {
     IMAGE_SHAPE: ('official', 'wide'),  # PolyMNIST
     (28, 28, 1): ('digit',),  # MNIST (MNIST-SVHN)
     (32, 32, 3): ('digit',),  # SVHN (MNIST-SVHN)
+    species_nets.IMAGE_SHAPE: ('species_image',),  # CUB images
+    species_nets.CAPTION_SHAPE: ('species_caption',),  # CUB caption ids
 }
+# Architectures whose class count (and vocabulary) come from the data.
+SPECIES_ARCHS = tuple(species_nets.INPUT_SHAPES)
 # What newly trained classifiers use (`train_classifier` with arch=None).
 DEFAULT_ARCH = {IMAGE_SHAPE: 'wide', (28, 28, 1): 'digit',
-                (32, 32, 3): 'digit'}
+                (32, 32, 3): 'digit',
+                species_nets.IMAGE_SHAPE: 'species_image',
+                species_nets.CAPTION_SHAPE: 'species_caption'}
 
 
 def check_arch(arch: str | None, image_shape) -> str:
@@ -279,23 +294,42 @@ def check_arch(arch: str | None, image_shape) -> str:
   return arch
 
 
-def module_for(image_shape, arch: str | None = None) -> nn.Module:
-  """The classifier module for images of `image_shape` (`[H, W, C]`):
-  architecture `arch`, by default the first listed for the shape (the
-  official one for PolyMNIST)."""
+def module_for(image_shape, arch: str | None = None,
+               num_classes: int | None = None,
+               vocab_size: int | None = None) -> nn.Module:
+  """The classifier module for inputs of `image_shape` (`[H, W, C]`, or
+  `[32]` caption ids): architecture `arch`, by default the first listed for
+  the shape (the official one for PolyMNIST). `num_classes` (and
+  `vocab_size`) are needed by the species architectures only; the digit
+  ones have 10 classes.
+
+  Raises:
+    ValueError: unknown shape or name, a species architecture without its
+      sizes, or a class count other than 10 for a digit architecture.
+  """
   image_shape = tuple(int(d) for d in image_shape)
   if arch is None and image_shape in ARCHITECTURES:
     arch = ARCHITECTURES[image_shape][0]
-  return MODULES[check_arch(arch, image_shape)]
+  arch = check_arch(arch, image_shape)
+  if arch in SPECIES_ARCHS:
+    return species_nets.module(arch, num_classes, vocab_size)
+  if num_classes not in (None, NUM_CLASSES):
+    raise ValueError(f'digit classifier {arch!r} has {NUM_CLASSES} classes,'
+                     f' got num_classes={num_classes}')
+  return MODULES[arch]
 
 
 @functools.lru_cache(maxsize=None)
-def _abstract_params(image_shape=IMAGE_SHAPE, arch: str | None = None):
+def _abstract_params(image_shape=IMAGE_SHAPE, arch: str | None = None,
+                     num_classes: int | None = None,
+                     vocab_size: int | None = None):
   """ShapeDtypeStructs of the params (tracing only, nothing compiles)."""
   image_shape = tuple(image_shape)
+  module = module_for(image_shape, arch, num_classes, vocab_size)
+  x = (species_nets.example_input(arch) if arch in SPECIES_ARCHS
+       else jnp.zeros((1,) + image_shape))
   return jax.eval_shape(
-      lambda: module_for(image_shape, arch).init(
-          jax.random.key(0), jnp.zeros((1,) + image_shape))['params'])
+      lambda: module.init(jax.random.key(0), x)['params'])
 
 
 def _shapes(tree):
@@ -306,9 +340,14 @@ def _shapes(tree):
 def architecture_of(params: Params) -> tuple[tuple[int, ...], str]:
   """(image shape, architecture name) that `params` belong to (static: from
   the parameter shapes alone, so it works under `jax.jit`)."""
+  species = species_nets.arch_of_keys(params)
+  if species is not None:
+    return species_nets.INPUT_SHAPES[species], species
   got = _shapes(params)
   for image_shape, archs in ARCHITECTURES.items():
     for arch in archs:
+      if arch in SPECIES_ARCHS:
+        continue
       if _shapes(_abstract_params(image_shape, arch)) == got:
         return image_shape, arch
   raise ValueError(
@@ -326,10 +365,35 @@ def arch_of(params: Params) -> str:
   return architecture_of(params)[1]
 
 
-def _module_of(params: Params, images) -> nn.Module:
-  """The module of `params`, checked against the images' shape."""
-  check_arch(None, images.shape[1:])  # a known image shape
+def num_classes_of(params: Params) -> int:
+  """The class count of classifier `params` (10 for the digit ones)."""
+  return int(params['fc_1']['kernel'].shape[-1])
+
+
+def vocab_size_of(params: Params) -> int | None:
+  """The vocabulary size of a caption classifier's `params`; None for image
+  classifiers."""
+  if arch_of(params) != 'species_caption':
+    return None
+  return int(params['embed']['kernel'].shape[0])
+
+
+def module_of_params(params: Params) -> nn.Module:
+  """The module that `params` belong to (sizes read from their shapes)."""
   image_shape, arch = architecture_of(params)
+  if arch in SPECIES_ARCHS:
+    return species_nets.module(arch, num_classes_of(params),
+                               vocab_size_of(params))
+  return MODULES[arch]
+
+
+def _module_of(params: Params, images) -> nn.Module:
+  """The module of `params`, checked against the inputs' shape."""
+  image_shape, arch = architecture_of(params)
+  if arch in SPECIES_ARCHS:
+    species_nets.check_input(arch, vocab_size_of(params), images)
+    return module_of_params(params)
+  check_arch(None, images.shape[1:])  # a known image shape
   if tuple(images.shape[1:]) != image_shape:
     raise ValueError(
         f'classifier of {arch!r} for images {list(image_shape)} got images'
@@ -337,14 +401,20 @@ def _module_of(params: Params, images) -> nn.Module:
   return MODULES[arch]
 
 
-@functools.partial(jax.jit, static_argnames=('image_shape', 'arch'))
-def init(key, image_shape=IMAGE_SHAPE, arch: str | None = None) -> Params:
+@functools.partial(jax.jit, static_argnames=('image_shape', 'arch',
+                                             'num_classes', 'vocab_size'))
+def init(key, image_shape=IMAGE_SHAPE, arch: str | None = None,
+         num_classes: int | None = None,
+         vocab_size: int | None = None) -> Params:
   """Fresh params of classifier `arch` for `image_shape` (default: the first
-  architecture of the shape, PolyMNIST's official `ClfImg`).
+  architecture of the shape, PolyMNIST's official `ClfImg`). The species
+  architectures need `num_classes` (from the labels) and, for
+  'species_caption' (`image_shape` `[32]`), the `vocab_size` of the data;
+  the digit ones have 10 classes (None or 10).
 
   'official' and 'digit': PyTorch's default initialisation, every kernel
   and bias of a layer U(+-1/sqrt(fan_in)) (fan_in = kh kw c_in for a conv,
-  d_in for a dense layer). 'wide': LeCun-uniform kernels U(+-sqrt(3 /
+  d_in for a dense layer). 'wide' and the species ones: LeCun-uniform kernels U(+-sqrt(3 /
   fan_in)) (variance 1 / fan_in, Flax's default scale) and zero biases.
   These are the distributions the modules' own initialisers give; drawn
   here with a single random call, because Flax's per-parameter key
@@ -353,8 +423,9 @@ def init(key, image_shape=IMAGE_SHAPE, arch: str | None = None) -> Params:
   image_shape = tuple(image_shape)
   check_arch(None, image_shape)  # a known shape
   arch = check_arch(arch or ARCHITECTURES[image_shape][0], image_shape)
-  lecun = arch == 'wide'
-  abstract = _abstract_params(tuple(image_shape), arch)
+  lecun = arch == 'wide' or arch in SPECIES_ARCHS
+  abstract = _abstract_params(tuple(image_shape), arch, num_classes,
+                              vocab_size)
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   sizes = [math.prod(leaf.shape) for _, leaf in flat]
   u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
@@ -372,14 +443,16 @@ def init(key, image_shape=IMAGE_SHAPE, arch: str | None = None) -> Params:
 
 @jax.jit
 def log_probs(params: Params, images) -> Array:
-  """Eval-mode log-probabilities `[N, 10]` of images `[N, *image_shape]`
-  (the architecture follows from the parameter shapes, `arch_of`)."""
+  """Eval-mode log-probabilities `[N, C]` of inputs `[N, *image_shape]`
+  (caption classifiers: ids `[N, 32]` or logits `[N, 32, V]`; the
+  architecture follows from the parameter shapes, `arch_of`)."""
   return _module_of(params, images).apply({'params': params}, images)
 
 
 @jax.jit
 def features(params: Params, images) -> Array:
   """Eval-mode penultimate features (for FD_clf): `[N, 128]` for `ClfImg`
-  and `ClfImgWide`, `[N, 50]` for `DigitClf`."""
+  and `ClfImgWide` and the species classifiers, `[N, 50]` for
+  `DigitClf`."""
   return _module_of(params, images).apply(
       {'params': params}, images, return_features=True)

@@ -10,7 +10,13 @@ None): 'official' and 'digit' Adam 1e-3, batch 128, 15 epochs, no
 augmentation; 'wide' Adam with a one-cycle cosine schedule peaking at 3e-3,
 batch 128, 14 epochs, each training batch translated by a random
 whole-pixel shift in [-2, 2]^2 (`random_translate`, edges replicated, keys
-from the step key). Measured accuracies: docs/results.md.
+from the step key); 'species_image' (CUB) the same one-cycle Adam, batch
+32, 40 epochs, shifts in [-6, 6]^2 and random horizontal flips
+(`random_flip`); 'species_caption' one-cycle Adam 2e-3, batch 64, 12
+epochs, no augmentation. The species classifiers' class count comes from
+the labels (`num_classes`, default max + 1), the caption classifier's
+vocabulary from the caller (`vocab_size`). Measured accuracies:
+docs/results.md (digits), docs/cub.md (species).
 """
 
 from __future__ import annotations
@@ -79,23 +85,42 @@ def random_translate(key, images, max_shift: int) -> Array:
   return shift_images(images, shifts)
 
 
+def random_flip(key, images) -> Array:
+  """Mirrors each image left-right with probability 1/2.
+
+  Args:
+    key: PRNG key (the only source of randomness).
+    images: `[N, H, W, C]`.
+
+  Returns:
+    `[N, H, W, C]`, same dtype.
+  """
+  images = jnp.asarray(images)
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flip, images[:, :, ::-1], images)
+
+
 # Training recipe per architecture (defaults of `train_classifier`,
 # `train_and_evaluate` and the command line): epochs, Adam learning rate
 # (peak of a one-cycle cosine schedule or constant), batch size, random
-# translation of up to `max_shift` pixels.
+# translation of up to `max_shift` pixels, random horizontal flips.
 RECIPES = {
     'official': dict(epochs=15, lr=1e-3, lr_schedule='constant',
-                     batch_size=128, max_shift=0),
+                     batch_size=128, max_shift=0, flip=False),
     'wide': dict(epochs=WIDE_EPOCHS, lr=WIDE_LR, lr_schedule='onecycle',
-                 batch_size=128, max_shift=WIDE_MAX_SHIFT),
+                 batch_size=128, max_shift=WIDE_MAX_SHIFT, flip=False),
     'digit': dict(epochs=15, lr=1e-3, lr_schedule='constant',
-                  batch_size=128, max_shift=0),
+                  batch_size=128, max_shift=0, flip=False),
+    'species_image': dict(epochs=40, lr=3e-3, lr_schedule='onecycle',
+                          batch_size=32, max_shift=6, flip=True),
+    'species_caption': dict(epochs=12, lr=2e-3, lr_schedule='onecycle',
+                            batch_size=64, max_shift=0, flip=False),
 }
 LR_SCHEDULES = ('constant', 'onecycle')
 
 
 def _loss(params, images, labels, dropout_key):
-  lp = nets.MODULES[nets.arch_of(params)].apply(
+  lp = nets.module_of_params(params).apply(
       {'params': params}, images, train=True, rngs={'dropout': dropout_key})
   return -jnp.mean(jnp.take_along_axis(lp, labels[:, None], axis=-1))
 
@@ -113,11 +138,13 @@ def _optimizer(lr: float, lr_schedule: str, total_steps: int):
 
 @functools.partial(
     jax.jit, static_argnames=('lr', 'lr_schedule', 'total_steps',
-                              'max_shift'))
+                              'max_shift', 'flip'))
 def _train_step(params, opt_state, images, labels, idx, key, *, lr,
-                lr_schedule, total_steps, max_shift):
+                lr_schedule, total_steps, max_shift, flip=False):
   """One Adam step on the examples `idx [batch]` of the whole training set,
-  randomly translated by up to `max_shift` pixels.
+  randomly translated by up to `max_shift` pixels (and, with `flip`,
+  mirrored; the flip key is `fold_in(key, 7)`, so the other keys are those
+  of the recipes without flips).
 
   (A Python loop of jitted steps: on XLA:CPU a `lax.scan` over the steps runs
   the convolutions about 5x slower.)
@@ -127,6 +154,8 @@ def _train_step(params, opt_state, images, labels, idx, key, *, lr,
   if max_shift:
     shift_key, dropout_key = jax.random.split(key)
     x = random_translate(shift_key, x, max_shift)
+  if flip:
+    x = random_flip(jax.random.fold_in(key, 7), x)
   loss, grads = jax.value_and_grad(_loss)(params, x, labels[idx], dropout_key)
   updates, opt_state = _optimizer(lr, lr_schedule, total_steps).update(
       grads, opt_state, params)
@@ -157,6 +186,9 @@ def train_classifier(
     arch: str | None = None,
     lr_schedule: str | None = None,
     max_shift: int | None = None,
+    flip: bool | None = None,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> Params:
   """Trains one classifier with Adam; deterministic for a key.
@@ -169,8 +201,8 @@ def train_classifier(
   Args:
     key: PRNG key (init, permutations, dropout).
     images: `[N, *image_shape]` uint8 or float in [0, 1], a shape of
-      `classifier_nets.ARCHITECTURES`.
-    labels: `[N]` integer digit labels.
+      `classifier_nets.ARCHITECTURES` (or int caption ids `[N, 32]`).
+    labels: `[N]` integer labels.
     epochs: number of passes over the data.
     batch_size: examples per Adam step (capped at N).
     lr: Adam learning rate (the peak of the one-cycle schedule).
@@ -180,6 +212,11 @@ def train_classifier(
     lr_schedule: 'constant' or 'onecycle' (`_optimizer`).
     max_shift: random translation of the training images, in pixels
       (`random_translate`; 0: none).
+    flip: random horizontal flips of the training images (`random_flip`).
+    num_classes: species architectures: the class count (None: max label
+      + 1); digit ones: None or 10.
+    vocab_size: 'species_caption': the vocabulary size of the data
+      (required).
     on_epoch_end: optional `(epoch, mean train loss)` hook for logging.
 
   Returns:
@@ -187,22 +224,26 @@ def train_classifier(
   """
   images = jnp.asarray(images)
   labels = jnp.asarray(labels, jnp.int32)
-  if (images.ndim != 4 or tuple(images.shape[1:]) not in nets.ARCHITECTURES
+  if (tuple(images.shape[1:]) not in nets.ARCHITECTURES
       or labels.shape != images.shape[:1]):
     raise ValueError(
-        f'images must be [N, H, W, C] with [H, W, C] in'
+        f'images must be [N, *shape] with shape in'
         f' {[list(s) for s in nets.ARCHITECTURES]} and labels [N], got'
         f' {list(images.shape)} and {list(labels.shape)}')
   arch = nets.check_arch(arch, images.shape[1:])
+  if arch in nets.SPECIES_ARCHS and num_classes is None:
+    num_classes = int(jnp.max(labels)) + 1
   r = recipe(arch, epochs=epochs, batch_size=batch_size, lr=lr,
-             lr_schedule=lr_schedule, max_shift=max_shift)
+             lr_schedule=lr_schedule, max_shift=max_shift, flip=flip)
   epochs, lr, max_shift = int(r['epochs']), float(r['lr']), int(r['max_shift'])
   batch_size = int(min(r['batch_size'], images.shape[0]))
   steps = images.shape[0] // batch_size
   opts = dict(lr=lr, lr_schedule=str(r['lr_schedule']),
-              total_steps=epochs * steps, max_shift=max_shift)
+              total_steps=epochs * steps, max_shift=max_shift,
+              flip=bool(r['flip']))
   init_key, loop_key = jax.random.split(key)
-  params = nets.init(init_key, tuple(images.shape[1:]), arch)
+  params = nets.init(init_key, tuple(images.shape[1:]), arch, num_classes,
+                     vocab_size)
   opt_state = _optimizer(lr, opts['lr_schedule'], epochs * steps).init(params)
   for epoch in range(epochs):
     epoch_key = jax.random.fold_in(loop_key, epoch)
@@ -233,7 +274,7 @@ def accuracy(params: Params, images, labels, *, batch_size: int = 1000
 
   Args:
     params: classifier params.
-    images: `[N, *image_shape]` uint8 or float.
+    images: `[N, *image_shape]` uint8 or float (captions: ids or logits).
     labels: `[N]` integer labels.
     batch_size: examples per jitted call (the last batch is padded).
   """
@@ -285,15 +326,22 @@ def train_and_evaluate(
     arch: str | None = None,
     lr_schedule: str | None = None,
     max_shift: int | None = None,
+    flip: bool | None = None,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+    key_offset: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Params], dict[str, float]]:
   """Trains one classifier per modality; returns params and test accuracy.
 
-  Modality i uses key `fold_in(key(seed), i)`. Splits with an
+  Modality i uses key `fold_in(key(seed), key_offset + i)`. Splits with an
   `<name>_index` feature (MNIST-SVHN's pairs, which repeat each source item
   30 times) train and test on each distinct item once (`distinct_items`).
   `arch` (None: `DEFAULT_ARCH` of each modality's image shape) and the
-  options left None follow `train_classifier` (`RECIPES[arch]`).
+  options left None follow `train_classifier` (`RECIPES[arch]`); `arch`
+  is checked against every modality's shape, so give it only for one
+  kind of modality. `num_classes` and `vocab_size` go to the species
+  architectures (num_classes None: max label + 1 over train and test).
   """
   key = jax.random.key(seed)
   clf_params, accs = {}, {}
@@ -303,10 +351,16 @@ def train_and_evaluate(
     test_x, test_y = distinct_items(test, name)
     name_arch = nets.check_arch(arch, np.shape(train_x)[1:])
     name_epochs = recipe(name_arch, epochs=epochs)['epochs']
+    species = name_arch in nets.SPECIES_ARCHS
+    name_classes = num_classes
+    if species and name_classes is None:
+      name_classes = int(max(np.max(train_y), np.max(test_y))) + 1
     clf_params[name] = train_classifier(
-        jax.random.fold_in(key, i), train_x, train_y,
+        jax.random.fold_in(key, key_offset + i), train_x, train_y,
         epochs=epochs, batch_size=batch_size, lr=lr, arch=name_arch,
-        lr_schedule=lr_schedule, max_shift=max_shift,
+        lr_schedule=lr_schedule, max_shift=max_shift, flip=flip,
+        num_classes=name_classes if species else None,
+        vocab_size=vocab_size if name_arch == 'species_caption' else None,
         on_epoch_end=lambda e, l, n=name, t=name_epochs: log(
             f'  {n} epoch {e + 1}/{t}: train loss {l:.4f}'))
     accs[name] = accuracy(clf_params[name], test_x, test_y)

@@ -7,26 +7,34 @@ dataset's set: `tools/classifiers.py`):
   python -m mmvaeplus_jax.tools.classifiers --dataset rebuilt \\
       --data_dir DIR --manual_dir ../shared/data --out CLF_DIR [--seed S]
 
-* `classify(clf_params, name, x)`: log-probs `[N, 10]` of modality `name`'s
+CUB Image-Captions (species classifiers, `species_nets`):
+
+  python -m mmvaeplus_jax.tools.classifiers --dataset cub23 \\
+      --data_dir DIR --manual_dir ../shared/data --out CLF_DIR
+
+* `classify(clf_params, name, x)`: log-probs `[N, C]` of modality `name`'s
   classifier, the contract of `evaluation.coherence`; `clf_params` is
   `{modality name: params}` (`load_classifiers`).
 * `save_classifiers` / `load_classifiers`: `CLF_DIR/<modality>/` (one orbax
   checkpoint each) and `CLF_DIR/classifiers.json` (modalities, image shapes,
   architectures, and the caller's metadata: test accuracies, training config
   and time). `classifiers.json` records each modality's image shape
-  (`image_shapes`) and architecture name (`archs`); files without
+  (`image_shapes`), architecture name (`archs`) and class count
+  (`num_classes`; caption classifiers also `vocab_sizes`); files without
   `image_shapes` (written before) are PolyMNIST `ClfImg`s, files without
   `archs` hold the first architecture of their shape
   (`classifier_nets.ARCHITECTURES`: 'official' for PolyMNIST). An unknown
-  name raises one ValueError that lists the names.
+  name raises one ValueError that lists the names. Files without
+  `num_classes` hold 10-class digit classifiers.
 * Re-exported for callers: `init`, `log_probs`, `features`, `arch_of`,
   `image_shape_of`, `check_arch` (`classifier_nets`); `recipe`,
   `train_classifier`, `accuracy`, `train_and_evaluate`, `distinct_items`,
   `image_names` (`classifier_training`).
 
 Coherence is capped by the classifiers' accuracy: always report it beside
-it. All inputs are images `[N, *image_shape]`, uint8 (divided by 255) or
-float (used as they are, e.g. unclamped decoder means).
+it. Image inputs are `[N, *image_shape]`, uint8 (divided by 255) or
+float (used as they are, e.g. unclamped decoder means); caption inputs are
+int ids `[N, 32]` or float logits `[N, 32, V]` (argmax-decoded).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ from mmvaeplus_jax.evaluation.classifier_nets import features
 from mmvaeplus_jax.evaluation.classifier_nets import image_shape_of
 from mmvaeplus_jax.evaluation.classifier_nets import init
 from mmvaeplus_jax.evaluation.classifier_nets import log_probs
+from mmvaeplus_jax.evaluation.classifier_nets import num_classes_of
+from mmvaeplus_jax.evaluation.classifier_nets import vocab_size_of
 from mmvaeplus_jax.evaluation.classifier_training import accuracy
 from mmvaeplus_jax.evaluation.classifier_training import distinct_items
 from mmvaeplus_jax.evaluation.classifier_training import image_names
@@ -58,7 +68,7 @@ __all__ = [
     'save_classifiers',
     # classifier_nets
     'arch_of', 'check_arch', 'features', 'image_shape_of', 'init',
-    'log_probs',
+    'log_probs', 'num_classes_of', 'vocab_size_of',
     # classifier_training
     'accuracy', 'distinct_items', 'image_names', 'recipe',
     'train_and_evaluate', 'train_classifier',
@@ -75,7 +85,8 @@ TRAIN_COMMAND = (
 
 
 def classify(clf_params: Mapping[str, Params], name: str, images) -> Array:
-  """Log-probs `[N, 10]` of modality `name`'s classifier.
+  """Log-probs `[N, C]` of modality `name`'s classifier (C = 10 for the
+  digit classifiers, the number of species for CUB's).
 
   The `classify(clf_params, name, x)` contract of `evaluation.coherence`:
   `clf_params` is `{modality name: params}` (see `load_classifiers`); the
@@ -108,7 +119,12 @@ def save_classifiers(
   meta = {'modalities': list(clf_params),
           'image_shapes': {n: list(image_shape_of(p))
                            for n, p in clf_params.items()},
-          'archs': {n: arch_of(p) for n, p in clf_params.items()}}
+          'archs': {n: arch_of(p) for n, p in clf_params.items()},
+          'num_classes': {n: num_classes_of(p) for n, p in clf_params.items()}}
+  vocab = {n: vocab_size_of(p) for n, p in clf_params.items()
+           if vocab_size_of(p) is not None}
+  if vocab:
+    meta['vocab_sizes'] = vocab
   meta.update(dict(metadata or {}))
   (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2) + '\n')
 
@@ -149,12 +165,17 @@ def load_classifiers(
   # without archs predate them: the first architecture of the shape.
   shapes = meta.get('image_shapes', {})
   archs = meta.get('archs', {})
+  num_classes = meta.get('num_classes', {})
+  vocab = meta.get('vocab_sizes', {})
   targets = {}
   for n in names:
     shape = tuple(shapes.get(n, nets.IMAGE_SHAPE))
     arch = archs.get(n)
+    arch = check_arch(arch, shape) if arch is not None else None
+    species = arch in nets.SPECIES_ARCHS
     targets[n] = nets._abstract_params(  # pylint: disable=protected-access
-        shape, check_arch(arch, shape) if arch is not None else None)
+        shape, arch, num_classes.get(n) if species else None,
+        vocab.get(n) if species else None)
   with ocp.StandardCheckpointer() as ckptr:
     params = {n: ckptr.restore(directory / n, targets[n]) for n in names}
   return params, meta
