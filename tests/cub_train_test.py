@@ -19,6 +19,7 @@ import cub_data_test
 from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import cub as cub_configs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import frechet
 from mmvaeplus_jax.evaluation import runner
 from mmvaeplus_jax.experiments import runs
@@ -189,11 +190,21 @@ def test_smoke_trains_on_real_cub23(tmp_path):
 def test_eval_caption_figures_on_the_run(trained):
   """The image-caption evaluators on the trained run: the caption figures
   and tables are written, the colour metric says it needs more examples
-  than the fixture's 8, the pixel-only figures refuse the caption."""
+  than the fixture's 8, the pixel-only figures refuse the caption; species
+  coherence and FD_clf (image targets only) run with species classifiers."""
   config = runs.load_run(str(trained)).config
-  config.evals.update(evaluators='captions,colour,figures',
+  # Species classifiers (initialised, 200 classes: the official labels) for
+  # coherence and FD_clf (image targets only, every source).
+  clf_dir = os.path.join(trained, 'species_classifiers')
+  classifiers.save_classifiers(clf_dir, {
+      'image': classifiers.init(jax.random.key(1), (64, 64, 3),
+                                'species_image', 200),
+      'caption': classifiers.init(jax.random.key(2), (32,),
+                                  'species_caption', 200, FIXTURE_V)})
+  config.evals.update(evaluators='captions,colour,figures,coherence,fd_clf',
                       captions_examples=3, captions_unconditional=2,
-                      figures_samples=2)
+                      figures_samples=2, classifier_dir=clf_dir,
+                      num_unconditional=4, fid_drop_last_partial_batch=False)
   metrics = runner.evaluate(config, str(trained), tag='captions')
   out = os.path.join(trained, 'eval', '3-captions')
   for name in ('caption_to_image.png', 'image_to_caption.png',
@@ -206,3 +217,10 @@ def test_eval_caption_figures_on_the_run(trained):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(out))
   assert 'evaluate more examples' in metrics['skipped']['colour']
   assert "['caption'] are not images" in metrics['skipped']['figures']
+  assert 0 <= metrics['coherence/cond/caption->image'] <= 1
+  fd = {k: v for k, v in metrics.items() if k.startswith('fd_clf/')}
+  assert {'fd_clf/cond/caption->image', 'fd_clf/cond/image->image',
+          'fd_clf/uncond/image', 'fd_clf/cond/mean/with_self'} <= set(fd)
+  assert not any('->caption' in k or k.endswith('/caption') for k in fd)
+  assert fd['fd_clf/cond/mean/cross_only'] == fd['fd_clf/cond/caption->image']
+  assert all(np.isfinite(v) and v >= 0 for v in fd.values())

@@ -21,6 +21,11 @@
   conditional FID, `.../with_self`) and over the M - 1 other sources
   (`.../cross_only`), then the mean over targets.
 
+Only image modalities are targets (event shape (H, W, 1 or 3)); every
+modality is a source. For CUB: the image's real and unconditional
+distances, and the caption -> image and image -> image conditional ones
+(no distance of the caption); the means run over the image targets.
+
 Optionally (`drop_last_partial_batch`, official) every set keeps only whole
 batches of 128 images (9,984 of 10,000). Generation and features run in one
 jitted function on fixed-size batches sharded over the mesh; sample i draws
@@ -50,6 +55,7 @@ import numpy as np
 
 from mmvaeplus_jax import generation
 from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.infra import plotting
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.models import base
@@ -145,10 +151,16 @@ def _uncond_features(dec_params, fparams, key, d, alpha, index, batch, *,
   return apply(fparams, fid.quantise_like_png(x.astype(jnp.float32)))
 
 
+def _source_input(x):
+  """A source batch as the encoder takes it: uint8 images -> exactly k / 255
+  (`fid.uint8_to_unit`), other inputs (caption token ids) unchanged."""
+  return fid.uint8_to_unit(x) if x.dtype == jnp.uint8 else x
+
+
 def _cond_features(enc_params, dec_params, fparams, key, e, d, alpha, index,
                    batch, *, model, encoder, decoder, apply):
   x = _cond_decode(enc_params, dec_params, key, e, d,
-                   fid.uint8_to_unit(batch['x']), index, model=model,
+                   _source_input(batch['x']), index, model=model,
                    encoder=encoder, decoder=decoder, alpha=alpha)
   return apply(fparams, fid.quantise_like_png(x.astype(jnp.float32)))
 
@@ -201,6 +213,12 @@ def frechet_metrics(
   """
   model, mesh, p = ctx.model, ctx.mesh, net.prefix
   names = model.names
+  mods = dict(zip(names, model.modalities))
+  # Distances are taken for image targets only; every modality is a source
+  # (CUB: caption -> image, image -> image; no distance for the caption).
+  targets = [d for d in names if plotting.is_image_shape(mods[d].event_shape)]
+  if not targets:
+    raise ValueError(f'{p}: the model has no image modality')
   n = _count(num_real, len(ctx.data['label']), drop_last_partial_batch)
   n_u = _count(n if num_unconditional < 0 else num_unconditional,
                10**12, drop_last_partial_batch)
@@ -211,7 +229,6 @@ def frechet_metrics(
   alpha = parallel.replicate(mesh, np.float32(alpha))
   idx = {n: parallel.replicate(mesh, np.int32(i))
          for i, n in enumerate(names)}
-  mods = dict(zip(names, model.modalities))
   run = functools.partial(api.map_batches, mesh=mesh, batch_size=batch_size,
                           microbatch=microbatch)
   dc = ctx.config.data
@@ -222,7 +239,7 @@ def frechet_metrics(
                args=(net.params[d],), static={'apply': net.apply})
 
   real = {}
-  for d in names:
+  for d in targets:
     label = f'{p}_{dc.name}-{dc.config}_{dc.eval_split}_{d}_n{n}'
     feats = functools.partial(real_features, d=d)
     real[d] = fid.cached_statistics(
@@ -236,7 +253,7 @@ def frechet_metrics(
     return distance(mu, sigma, real[d].mu, real[d].sigma)
 
   unc = []
-  for d in names:
+  for d in targets:
     feats = run(
         _uncond_features, num=n_u,
         args=(ctx.params['decoders'][d], net.params[d], k_u, idx[d], alpha),
@@ -248,9 +265,11 @@ def frechet_metrics(
 
   if conditional:
     m = len(names)
-    matrix = np.zeros((m, m))
+    matrix = np.full((m, m), np.nan)  # columns of non-image targets: NaN
     for e, src in enumerate(names):
       for d, tgt in enumerate(names):
+        if tgt not in targets:
+          continue
         feats = run(
             _cond_features, num=n, inputs={'x': ctx.data[src][:n]},
             args=(ctx.params['encoders'][src], ctx.params['decoders'][tgt],
@@ -259,11 +278,13 @@ def frechet_metrics(
                     'decoder': mods[tgt].decoder, 'apply': net.apply})
         matrix[e, d] = fd(feats, tgt)
         out[f'{p}/cond/{src}->{tgt}'] = float(matrix[e, d])
+    cols = [names.index(d) for d in targets]
     for tag, include in (('with_self', True), ('cross_only', False)):
       per_target, mean = fid.conditional_average(matrix, include_self=include)
-      for d, tgt in enumerate(names):
-        out[f'{p}/cond/{tgt}/{tag}'] = float(per_target[d])
-      out[f'{p}/cond/mean/{tag}'] = mean
+      for d in cols:
+        out[f'{p}/cond/{names[d]}/{tag}'] = float(per_target[d])
+      out[f'{p}/cond/mean/{tag}'] = (
+          mean if len(cols) == m else float(np.mean(per_target[cols])))
   return out
 
 
@@ -301,9 +322,6 @@ def fid_metrics(ctx: api.EvalContext) -> dict:
   `fid_stats_dir`, `alpha`. Without the weights file: skipped, with the
   loader's message (which names the download address).
   """
-  skipped = api.skip_unless_images(ctx, 'fid')
-  if skipped:
-    return skipped
   ec = ctx.config.evals
   path = ec.inception_weights or str(fid.default_weights_path())
   try:
