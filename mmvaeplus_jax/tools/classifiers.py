@@ -137,14 +137,20 @@ def main(argv: Sequence[str] | None = None) -> None:
           'num_test': int(len(test['label'])),
           # Distinct items each classifier saw (< num_train for MNIST-SVHN,
           # whose pairs repeat items; see distinct_items).
-          'num_train_items': {
-              n: int(len(classifier_training.distinct_items(train, n)[1]))
-              for n in names},
+          'num_train_items': _num_items(train, names),
       },
   }
   classifiers.save_classifiers(args.out, clf_params, metadata=metadata)
   print(f'Mean test accuracy {metadata["mean_test_accuracy"]:.4f}; saved to'
         f' {pathlib.Path(args.out).absolute()} ({time.time() - start:.1f} s)')
+
+
+def _num_items(split, names) -> dict[str, int]:
+  """Distinct items each classifier of `names` saw in `split` (fewer than the
+  pairs where pairs repeat items: MNIST-SVHN, CUB's 10 captions per image;
+  `classifier_training.distinct_items`)."""
+  return {n: int(len(classifier_training.distinct_items(split, n)[1]))
+          for n in names}
 
 
 def _main_cub(args, dataset, train, test, start) -> None:
@@ -185,12 +191,8 @@ def _main_cub(args, dataset, train, test, start) -> None:
           'vocab_size': sizes['vocab_size'],
           'num_train': int(len(train['label'])),
           'num_test': int(len(test['label'])),
-          'num_train_items': {
-              n: int(len(classifier_training.distinct_items(train, n)[1]))
-              for n in CUB_MODALITIES},
-          'num_test_items': {
-              n: int(len(classifier_training.distinct_items(test, n)[1]))
-              for n in CUB_MODALITIES},
+          'num_train_items': _num_items(train, CUB_MODALITIES),
+          'num_test_items': _num_items(test, CUB_MODALITIES),
       },
   }
   classifiers.save_classifiers(args.out, clf_params, metadata=metadata)
