@@ -21,8 +21,8 @@
   conditional FID, `.../with_self`) and over the M - 1 other sources
   (`.../cross_only`), then the mean over targets.
 
-Only image modalities are targets (event shape (H, W, 1 or 3)); every
-modality is a source. For CUB: the image's real and unconditional
+Only modalities with uint8 (pixel) test data are targets; every modality is
+a source. For CUB: the image's real and unconditional
 distances, and the caption -> image and image -> image conditional ones
 (no distance of the caption); the means run over the image targets.
 
@@ -55,7 +55,6 @@ import numpy as np
 
 from mmvaeplus_jax import generation
 from mmvaeplus_jax.infra import parallel
-from mmvaeplus_jax.infra import plotting
 from mmvaeplus_jax.evaluation import api
 from mmvaeplus_jax.evaluation import fid
 from mmvaeplus_jax.models import base
@@ -214,11 +213,12 @@ def frechet_metrics(
   model, mesh, p = ctx.model, ctx.mesh, net.prefix
   names = model.names
   mods = dict(zip(names, model.modalities))
-  # Distances are taken for image targets only; every modality is a source
-  # (CUB: caption -> image, image -> image; no distance for the caption).
-  targets = [d for d in names if plotting.is_image_shape(mods[d].event_shape)]
+  # Targets: the modalities whose test data are uint8 pixel levels (what
+  # the PNG path and the feature networks read); every modality is a source
+  # (CUB: caption -> image, image -> image; no distance of the token ids).
+  targets = [d for d in names if np.asarray(ctx.data[d]).dtype == np.uint8]
   if not targets:
-    raise ValueError(f'{p}: the model has no image modality')
+    raise ValueError(f'{p}: no modality has uint8 (pixel) data')
   n = _count(num_real, len(ctx.data['label']), drop_last_partial_batch)
   n_u = _count(n if num_unconditional < 0 else num_unconditional,
                10**12, drop_last_partial_batch)
