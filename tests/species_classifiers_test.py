@@ -5,6 +5,7 @@ them. The real trained set (../shared/data, `tools/classifiers.py`) is only
 read by the last test, skipped without the data."""
 
 import json
+import os
 import pathlib
 
 import jax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cub_data_test
 from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import cub as cub_configs
 from mmvaeplus_jax.evaluation import classifier_training
@@ -24,7 +26,7 @@ from mmvaeplus_jax.tools import classifiers as classifiers_tool
 C = 23  # CUB-23 species
 V = 509  # the cub23 vocabulary
 L = captions.MAX_LENGTH
-SHARED = pathlib.Path('/work/shared/data')
+SHARED = cub_data_test.SHARED_CUB.parent  # ../shared/data beside the checkout
 
 
 def _ids(rng, n, vocab=V):
@@ -201,15 +203,18 @@ def test_coherence_on_a_tiny_cub_model_with_species_classifiers():
   assert classifiers.features(clfs['image'], image).shape == (2, 128)
 
 
-TRAINED = pathlib.Path('/work/runs/cub_classifiers/cub23_seed0')
+# A trained CUB-23 set (python -m mmvaeplus_jax.tools.classifiers --dataset
+# cub23 --out DIR), named by MMVAEPLUS_CUB_CLASSIFIERS; not committed.
+TRAINED = pathlib.Path(os.environ.get('MMVAEPLUS_CUB_CLASSIFIERS', '') or
+                       '/nonexistent')
 
 
 @pytest.mark.skipif(not SHARED.is_dir(),
                     reason=f'needs the shared data dir {SHARED}')
 @pytest.mark.skipif(not (TRAINED / classifiers.METADATA_FILE).is_file(),
-                    reason=f'needs the trained CUB-23 classifiers in'
-                    f' {TRAINED} (python -m mmvaeplus_jax.tools.classifiers'
-                    ' --dataset cub23 ...)')
+                    reason='needs a trained CUB-23 classifier set named by'
+                    ' MMVAEPLUS_CUB_CLASSIFIERS (python -m'
+                    ' mmvaeplus_jax.tools.classifiers --dataset cub23 ...)')
 def test_trained_cub23_classifiers_beat_chance():
   clfs, meta = classifiers.load_classifiers(TRAINED)
   assert meta['num_classes'] == {'image': C, 'caption': C}
