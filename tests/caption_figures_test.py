@@ -52,3 +52,35 @@ def test_tables_hold_every_caption():
   assert rows[-2].startswith('| 0 | a red bird . | a \\| bird . |')
   assert rows[-2].count('a \\| bird .') == 3
   assert '| 0 | a red bird . |' in md['unconditional_captions.md']
+
+
+def test_source_figures_put_each_dimension_in_a_column():
+  """Fig. 16 / 21 layout: a column per traversed dimension (alpha), a row
+  per value (draw), each image at its cell, under a text title."""
+  rng = np.random.default_rng(2)
+  dz, dw, v, a, s = 3, 2, 5, 4, 2
+  out = {'traversal_z': rng.uniform(size=(dz, v, 64, 64, 3)),
+         'traversal_w': rng.uniform(size=(dw, v, 64, 64, 3)),
+         'alpha': rng.uniform(size=(a, s, 64, 64, 3))}
+  values = np.linspace(-1, 1, v)
+  figs = cf.source_figures('a red bird', out, values, True,
+                           (0.5, 1.0, 2.0, 3.0), title_alpha=1.0)
+  assert sorted(figs) == ['alpha_grid.png', 'traversal_w.png',
+                          'traversal_z.png']
+  z = figs['traversal_z.png']
+  cell = 64 + cf.PAD
+  assert z.shape[1] == cf.PAD + 56 + cf.PAD + dz * cell
+  # Row 3 (value index 3), dimension 2: the image of out[...][2, 3],
+  # counted from the bottom of the grid (the title's height aside).
+  top = z.shape[0] - (v - 3) * cell
+  left = cf.PAD + 56 + cf.PAD + 2 * cell
+  want = np.round(out['traversal_z'][2, 3] * 255).astype(np.uint8)
+  np.testing.assert_array_equal(z[top:top + 64, left:left + 64], want)
+  assert (z[:20] < 128).any()  # the title is drawn
+  alpha = figs['alpha_grid.png']
+  assert alpha.shape[1] == cf.PAD + 56 + cf.PAD + a * cell
+  assert alpha.shape[0] - s * cell == z.shape[0] - v * cell
+  # No private latent: no w traversal.
+  del out['traversal_w']
+  assert 'traversal_w.png' not in cf.source_figures(
+      'a', out, values, True, (0.5, 1.0, 2.0, 3.0), title_alpha=1.0)

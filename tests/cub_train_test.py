@@ -19,6 +19,7 @@ import cub_data_test
 from mmvaeplus_jax import models
 from mmvaeplus_jax.configs import cub as cub_configs
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
+from mmvaeplus_jax.evaluation import caption_figures
 from mmvaeplus_jax.evaluation import classifiers
 from mmvaeplus_jax.evaluation import frechet
 from mmvaeplus_jax.evaluation import runner
@@ -209,7 +210,8 @@ def test_eval_caption_figures_on_the_run(trained):
   out = os.path.join(trained, 'eval', '3-captions')
   for name in ('caption_to_image.png', 'image_to_caption.png',
                'unconditional_captions.png', 'image_to_caption.md',
-               'unconditional_captions.md'):
+               'unconditional_captions.md', 'traversal_z.png',
+               'traversal_w.png', 'alpha_grid.png'):
     assert name in metrics['captions/files']
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   table = open(os.path.join(out, 'image_to_caption.md')).read().split('\n')
@@ -224,3 +226,31 @@ def test_eval_caption_figures_on_the_run(trained):
   assert not any('->caption' in k or k.endswith('/caption') for k in fd)
   assert fd['fd_clf/cond/mean/cross_only'] == fd['fd_clf/cond/caption->image']
   assert all(np.isfinite(v) and v >= 0 for v in fd.values())
+
+
+@pytest.mark.slow
+def test_caption_traversal_moves_one_dimension(trained):
+  """Fig. 16 / 21 images of the trained run: at offset 0 every column of a
+  traversal decodes the same latent (the base), other offsets differ; the
+  alpha grid's columns differ (w scales with alpha)."""
+  run = runs.load_run(str(trained))
+  model = run.model
+  test = sources.split_source(run.config.data, 'test').read(np.arange(1))
+  batch = {n: test[n] for n in model.names}
+  values = np.array([-2.0, 0.0, 2.0], np.float32)
+  out = jax.tree.map(np.asarray, caption_figures._caption_source(  # pylint: disable=protected-access
+      jax.random.key(0), run.params, batch, values,
+      np.array([0.5, 2.0], np.float32), np.float32(1.0), model=model,
+      pair=(0, 1), relative=True, alpha_samples=2))
+  z = out['traversal_z']  # [Dz, 3, H, W, C]
+  assert z.shape[:2] == (model.dim_z, 3)
+  # Offset 0: the same latent in every column, decoded in one batch (equal
+  # up to float32 reassociation across batch rows, errors of order
+  # sqrt(n) u per layer for sums of n ~ 1e3 terms: 1e-4 of the images'
+  # scale leaves a wide margin).
+  scale = np.abs(z).max()
+  same = np.abs(z[:, 1] - z[:1, 1]).max()
+  assert same <= 1e-4 * scale
+  assert np.abs(z[:, 0] - z[:, 1]).max() > 100 * max(same, 1e-7 * scale)
+  assert out['traversal_w'].shape[:2] == (model.dim_w, 3)
+  assert np.abs(out['alpha'][0] - out['alpha'][1]).max() > 0

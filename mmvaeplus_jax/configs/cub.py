@@ -23,7 +23,9 @@ with VARIANT one of
 `eval.py` runs `EVALUATORS` on these runs: the test bound, species coherence
 and FD_clf (with `evals.classifier_dir`), latent classification, the
 likelihood, the weight-free colour coherence (`evaluation/colour.py`) and the
-caption <-> image figures (`evaluation/caption_figures.py`).
+caption <-> image figures, traversals and alpha grid
+(`evaluation/caption_figures.py`), and the alpha sweep (with
+`evals.classifier_dir`).
 
 Extra `key=value` pairs: `model` (mmvaeplus, mmvae, mvae, mopoe), `beta`,
 `estimator`, `data` (`cub23` or `official`), `vocab_size` (the dataset's
@@ -34,7 +36,7 @@ from mmvaeplus_jax.configs import common
 
 MODELS = ('mmvaeplus', 'mmvae', 'mvae', 'mopoe')
 EVALUATORS = ('bound,coherence,fd_clf,latent_classification,likelihood,'
-              'colour,captions')
+              'colour,captions,alpha_sweep')
 VOCABULARY_SIZES = {'cub23': 509, 'official': 1590}
 
 
@@ -67,6 +69,9 @@ def get_config(arg=None):
   # diversity, fid) would refuse the caption; `colour` and `captions` are
   # the image-caption ones; coherence / fd_clf need evals.classifier_dir.
   c.evals.evaluators = EVALUATORS
+  # Fig. 21: alpha 0.1..3.0 in steps of 0.1, ten images from one caption.
+  c.evals.update(alpha_grid=tuple(round(0.1 * i, 1) for i in range(1, 31)),
+                 alpha_grid_samples=10)
   if a.variant == 'paper':
     c.data.update(config='official', manual_dir='')
     if a.model in ('mvae', 'mopoe'):

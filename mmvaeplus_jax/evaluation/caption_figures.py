@@ -15,11 +15,24 @@ S = `evals.figures_samples` draws each:
 * `unconditional_captions.png` and `.md` (Fig. 15): `evals.captions_
   unconditional` joint prior samples, one z ~ p(z) decoded into an image and
   a caption (w ~ p_alpha(w) per modality);
+* `traversal_z.png` and, with private latents, `traversal_w.png` (Fig. 16):
+  the first test caption's traversal embedding (z̄ the mean of
+  q(z | caption), w̄ one draw of p_alpha(w); `generation.traversal_base`),
+  one dimension moved at a time (`evals.traversal_*`: the paper's +-5
+  prior scales), decoded into images: one column per dimension, one row per
+  value;
+* `alpha_grid.png` (Fig. 21): the first test caption, `evals.
+  alpha_grid_samples` images generated from it per alpha of `evals.
+  alpha_grid` (rows: draws, the same noise in every column; CUB's configs
+  set the paper's 0.1..3.0 in steps of 0.1 and 10 draws);
 * the three tables as TensorBoard text summaries (an event file in the
   evaluation's folder).
 
-The latents are `generation.cross_modal_latents` and
-`generation.unconditional_latents` (batch draws from the evaluator's key).
+The latents are `generation.cross_modal_latents`,
+`generation.unconditional_latents`, `generation.traversal_latents` and
+`generation.alpha_latents` (batch draws from the evaluator's key; the
+traversal and alpha figures from `fold_in(key, 1)`, so adding them left the
+other figures' draws unchanged).
 """
 
 from __future__ import annotations
@@ -81,6 +94,36 @@ def _generate(key, params, batch, *, model, pair, num_samples, num_prior,
   }
 
 
+@functools.partial(jax.jit, static_argnames=(
+    'model', 'pair', 'relative', 'alpha_samples'))
+def _caption_source(key, params, batch, values, alphas, alpha, *, model,
+                    pair, relative, alpha_samples):
+  """The traversal and alpha figures' images, from the first example's
+  caption (module docstring).
+
+  Returns:
+    {'traversal_z': `[Dz, V, H, W, C]`, 'traversal_w': `[Dw, V, H, W, C]`,
+    'alpha': `[A, S, H, W, C]`}: images of the image modality.
+  """
+  img, txt = pair
+  k_trav, k_alpha = jax.random.split(key)
+  x = {n: api.to_float(batch[n]) for n in model.names}
+  post = model.encode(params, x)
+  w_bar, z_bar = generation.traversal_base(k_trav, model, post, txt, 0,
+                                           alpha=alpha)
+  one = jax.tree.map(lambda t: t[:, :1], post)
+  lat = {kind: generation.traversal_latents(w_bar, z_bar, values, kind=kind,
+                                            relative=relative)
+         for kind in ('z', 'w')[:1 + (model.dim_w > 0)]}  # [D_kind, V, D]
+  lat = {f'traversal_{k}': v for k, v in lat.items()}
+  lat['alpha'] = generation.alpha_latents(
+      k_alpha, model, one, alphas, alpha_samples)[:, txt, img, :, 0]  # [A,S,D]
+  decode = lambda u: model.decode(
+      params, model.names[img], u.reshape((-1, u.shape[-1]))).reshape(
+          u.shape[:-1] + model.modalities[img].event_shape)
+  return {k: decode(v) for k, v in lat.items()}
+
+
 def _font():
   return ImageFont.load_default(size=FONT_SIZE)
 
@@ -102,11 +145,11 @@ def text_cell(lines: list[str], width: int, height: int) -> np.ndarray:
   return np.asarray(canvas)
 
 
-def _image_cell(image) -> np.ndarray:
+def _image_cell(image, zoom: int = ZOOM) -> np.ndarray:
   x = plotting.to_uint8(image)
   if x.shape[-1] == 1:
     x = np.repeat(x, 3, -1)
-  return x.repeat(ZOOM, 0).repeat(ZOOM, 1)
+  return x.repeat(zoom, 0).repeat(zoom, 1)
 
 
 def _row(cells: list[np.ndarray]) -> np.ndarray:
@@ -144,6 +187,53 @@ def image_to_caption(real_images, lines) -> np.ndarray:
     height = max(cell.shape[0], (FONT_SIZE + 3) * 2 * len(row_lines) + PAD)
     rows.append(_row([cell, text_cell(row_lines, 2 * TEXT_WIDTH, height)]))
   return _stack(rows)
+
+
+def labelled_grid(images, *, title: list[str], row_labels: list[str],
+                  col_labels: list[str], zoom: int = 1) -> np.ndarray:
+  """An image grid under a text title: `images` `[R, C, H, W, C]`, one
+  label per row (left) and per column (top) -> uint8 image."""
+  r, c = images.shape[:2]
+  side = images.shape[3] * zoom
+  label_w = 56
+  head = FONT_SIZE + 2 * PAD
+  rows = [_row([text_cell([''], label_w, head)]
+               + [text_cell([lab], side, head) for lab in col_labels])]
+  for i in range(r):
+    rows.append(_row([text_cell([row_labels[i]], label_w, side)]
+                     + [_image_cell(images[i, j], zoom) for j in range(c)]))
+  body = _stack(rows)
+  caption = text_cell(title, body.shape[1],
+                      (FONT_SIZE + 3) * len(title) + 2 * PAD)
+  return np.concatenate([caption, body], axis=0)
+
+
+def source_figures(caption: str, out, values, relative: bool, alphas,
+                   *, title_alpha: float) -> dict[str, np.ndarray]:
+  """The Fig. 16 and Fig. 21 grids from `_caption_source`'s outputs
+  (numpy): `{file name: uint8 image}`."""
+  vlabel = (lambda v: f'{v:+.1f}') if relative else (lambda v: f'={v:.2f}')
+  figs = {}
+  for kind in ('z', 'w'):
+    x = out.get(f'traversal_{kind}')
+    if x is None:
+      continue
+    figs[f'traversal_{kind}.png'] = labelled_grid(
+        np.swapaxes(x, 0, 1),  # [V, D_kind, ...]: a column per dimension
+        title=[f'Traversal of {kind}, one dimension per column, around'
+               f' (mean of q(z|caption), w ~ p(w), alpha={title_alpha:g});'
+               f' rows: {"offset" if relative else "value"}',
+               f'caption: {caption}'],
+        row_labels=[vlabel(v) for v in values],
+        col_labels=[f'{kind}{k}' for k in range(x.shape[0])])
+  a = out['alpha']  # [A, S, ...]
+  figs['alpha_grid.png'] = labelled_grid(
+      np.swapaxes(a, 0, 1),
+      title=['Images from the caption, w ~ p_alpha(w), alpha per column'
+             ' (same noise in every column)', f'caption: {caption}'],
+      row_labels=[f'#{i + 1}' for i in range(a.shape[1])],
+      col_labels=[f'{v:g}' for v in alphas])
+  return figs
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -208,6 +298,18 @@ def write_caption_figures(ctx: api.EvalContext, pair) -> list[str]:
       'unconditional_captions.png': image_to_caption(
           out['prior_image'], [[c] for c in prior_captions]),
   }
+  values, relative = generation.traversal_values(
+      ctx.model, int(ec.traversal_steps), span=float(ec.traversal_span),
+      quantiles=bool(ec.traversal_quantiles))
+  alphas = tuple(float(a) for a in ec.alpha_grid)
+  src = jax.tree.map(np.asarray, _caption_source(
+      jax.random.fold_in(ctx.key, 1), ctx.params,
+      {k: v[:1] for k, v in batch.items()}, np.asarray(values, np.float32),
+      np.asarray(alphas, np.float32), np.float32(ec.alpha), model=ctx.model,
+      pair=pair, relative=relative,
+      alpha_samples=int(ec.alpha_grid_samples)))
+  images.update(source_figures(real[0], src, values, relative, alphas,
+                               title_alpha=float(ec.alpha)))
   if jax.process_index() == 0:
     for name, image in images.items():
       plotting.save_png(os.path.join(ctx.out_dir, name), image)
