@@ -18,6 +18,10 @@ class LinearEncoder(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x.reshape((x.shape[0], -1))
+    if self.dim_w == 0:  # no private latent: empty heads (MMVAE, MVAE, ...)
+      empty = jnp.zeros((x.shape[0], 0), x.dtype)
+      return (empty, empty, nn.Dense(self.dim_z, name='loc_z')(x),
+              nn.Dense(self.dim_z, name='raw_z')(x))
     return (
         nn.Dense(self.dim_w, name='loc_w')(x),
         nn.Dense(self.dim_w, name='raw_w')(x),

@@ -42,6 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='test',
       prefetch=2,  # batches prepared ahead by a background thread
+      # Missing modalities (input/pipeline.py:missing_mask): each modality
+      # of each TRAIN example missing with this probability, independently
+      # (an example left with none keeps one), drawn from missing_seed; the
+      # batches carry the mask and the objectives use only what is
+      # observed (models/base.py). Evaluation reads complete data. 0: none.
+      missing_rate=0.0,
+      missing_seed=0,
   ))
   c.model = ml_collections.ConfigDict(dict(
       name='polymnist_mmvaeplus',

@@ -47,19 +47,23 @@ def gaussian_product(loc, scale, weights):
     loc: `[N, B, D]` expert means.
     scale: `[N, B, D]` expert standard deviations (> 0).
     weights: `[S, N]` non-negative weights (0 drops an expert; a 0/1 mask
-      gives the plain product of the selected experts); every row needs a
-      positive entry. May be traced.
+      gives the plain product of the selected experts), or `[S, N, B]`
+      per example (missing modalities); every row needs a positive entry.
+      May be traced.
 
   Returns:
     (loc `[S, B, D]`, scale `[S, B, D]`).
   """
   weights = jnp.asarray(weights, loc.dtype)
   log_prec = -2.0 * jnp.log(scale)  # [N, B, D]
-  w = weights[:, :, None, None]  # [S, N, 1, 1]
+  w = weights[..., None] if weights.ndim == 3 else weights[:, :, None, None]
   # log sum_n w_n / scale_n^2, with w_n = 0 contributing nothing.
   log_prec_prod = jax.nn.logsumexp(log_prec[None], axis=1, b=w)  # [S, B, D]
   # Normalised precision weights w_n prec_n / prec: sum to 1 over n.
-  resp = w * jnp.exp(log_prec[None] - log_prec_prod[:, None])  # [S, N, B, D]
+  # (The exponent of a dropped expert is set to 0 first, so a huge
+  # precision of an unused, e.g. missing, expert cannot make 0 * inf.)
+  diff = log_prec[None] - log_prec_prod[:, None]
+  resp = w * jnp.exp(jnp.where(w > 0, diff, 0.0))  # [S, N, B, D]
   mu = jnp.sum(resp * loc[None], axis=1)
   return mu, jnp.exp(-0.5 * log_prec_prod)
 
@@ -75,23 +79,49 @@ def gaussian_poe(loc, scale, subsets, *, prior_scale=1.0, prior_expert=True):
   Args:
     loc: `[M, B, D]` unimodal means.
     scale: `[M, B, D]` unimodal standard deviations.
-    subsets: `[S, M]` bool membership (NumPy or traced).
+    subsets: `[S, M]` bool membership (NumPy or traced), or `[S, M, B]`
+      per example (missing modalities: the observed members only).
     prior_scale: scalar or `[D]` scale of the prior expert.
-    prior_expert: bool, or `[S]` bools: whether subset s includes the prior.
+    prior_expert: bool, `[S]` bools (whether subset s includes the prior),
+      or `[S, B]` per example.
 
   Returns:
     (loc `[S, B, D]`, scale `[S, B, D]`).
   """
   subsets = jnp.asarray(subsets)
   prior = jnp.broadcast_to(jnp.asarray(prior_expert, bool),
-                           subsets.shape[:1])  # [S]
+                           subsets.shape[:1] + subsets.shape[2:])  # [S(, B)]
   ploc = jnp.zeros((1,) + loc.shape[1:], loc.dtype)
   pscale = jnp.broadcast_to(jnp.asarray(prior_scale, scale.dtype),
                             (1,) + scale.shape[1:])
   experts_loc = jnp.concatenate([loc, ploc])  # [M + 1, B, D]
   experts_scale = jnp.concatenate([scale, pscale])
-  weights = jnp.concatenate([subsets, prior[:, None]], axis=1)  # [S, M + 1]
+  weights = jnp.concatenate([subsets, prior[:, None]], axis=1)  # [S, M + 1(, B)]
   return gaussian_product(experts_loc, experts_scale, weights)
+
+
+def observed_members(subsets, present):
+  """`[S, M]` subsets and `[M, B]` observed modalities -> (`[S, B]` bool:
+  subset s is fully observed in example b, `[S, M, B]` its members, with an
+  unobserved subset's members cleared)."""
+  subsets = jnp.asarray(subsets, bool)
+  inside = jnp.all(~subsets[:, :, None] | present[None], axis=1)  # [S, B]
+  return inside, subsets[:, :, None] & inside[:, None, :]
+
+
+def nth_true(flags, position):
+  """Index of the (position + 1)-th True of `flags` along axis 0.
+
+  Args:
+    flags: `[C, B]` bool.
+    position: `[K, B]` int in 0 .. count - 1 per column.
+
+  Returns:
+    `[K, B]` int32.
+  """
+  rank = jnp.cumsum(flags.astype(jnp.int32), axis=0)  # [C, B]
+  hit = rank[None] > position[:, None, :]  # [K, C, B]
+  return jnp.argmax(hit, axis=1).astype(jnp.int32)
 
 
 def gaussian_kl(loc, scale, prior_loc=0.0, prior_scale=1.0):
@@ -127,7 +157,8 @@ def jensen_shannon_dynamic_prior(loc, scale, *, prior_scale=1.0,
     loc: `[M, B, D]` unimodal means.
     scale: `[M, B, D]` unimodal standard deviations.
     prior_scale: scalar or `[D]` scale of the prior expert.
-    weights: `[M + 1]` weights pi (unimodal first, prior last) summing to 1;
+    weights: `[M + 1]` weights pi (unimodal first, prior last) summing to 1,
+      or `[M + 1, B]` per example (missing modalities: 0 drops an expert);
       None: uniform.
 
   Returns:
@@ -144,7 +175,10 @@ def jensen_shannon_dynamic_prior(loc, scale, *, prior_scale=1.0,
   f_loc, f_scale = gaussian_product(experts_loc, experts_scale,
                                     weights[None])  # [1, B, D]
   kls = gaussian_kl(experts_loc, experts_scale, f_loc, f_scale)  # [M + 1, B]
-  return jnp.tensordot(weights, kls, axes=1), f_loc[0], f_scale[0]
+  if weights.ndim == 1:
+    return jnp.tensordot(weights, kls, axes=1), f_loc[0], f_scale[0]
+  kls = jnp.where(weights > 0, kls, 0.0)  # a dropped expert is never read
+  return jnp.sum(weights * kls, axis=0), f_loc[0], f_scale[0]
 
 
 def mixture_log_prob(family, z, loc, scale):

@@ -80,6 +80,7 @@ def _lw_fn(model, args):
       args['z'],
       args['w_cross'],
       args['beta'],
+      args.get('present'),
   )
 
 
@@ -139,6 +140,7 @@ def objective(
     beta=1.0,
     estimator: Estimator = 'iwae',
     cross_private: objectives.CrossPrivate = 'aux',
+    present=None,
 ):
   """Per-example surrogate `[B]`: value = the bound L, gradient = estimator.
 
@@ -150,6 +152,12 @@ def objective(
     beta: weight of the prior/posterior bracket (may be a traced scalar).
     estimator: 'iwae', 'dreg' or 'dreg_mmvae' (module docstring).
     cross_private: 'aux' (MMVAE+) or 'posterior' (MMVAE_f ablation).
+    present: optional `[M, B]` bool, the observed modalities of each
+      example (`objectives` module docstring): the bound of example b is
+      that of the model restricted to its observed set, and so is every
+      estimator's gradient (the derivation above holds per example with the
+      mixture over the observed components; absent strata get no
+      cotangent and their reweighting factors are 1).
 
   Returns:
     `[B]` surrogate; maximise its mean.
@@ -157,9 +165,10 @@ def objective(
   _check(estimator, cross_private)
   if estimator == 'iwae':
     lw = objectives.log_weights(
-        model, params, batch, noise, beta=beta, cross_private=cross_private
+        model, params, batch, noise, beta=beta, cross_private=cross_private,
+        present=present,
     )
-    return objectives.moe_iw_bound(lw)
+    return objectives.moe_iw_bound(lw, present)
 
   b = model.check_batch(batch)
   model.check_noise(noise, b)
@@ -175,6 +184,8 @@ def objective(
       decoders=params['decoders'], batch=batch, posteriors=frozen,
       w=w, z=z, w_cross=w_cross, beta=sg(beta),
   )
+  if present is not None:
+    args['present'] = present
   lw = _reweighted_log_weights(model, estimator, args)  # [M, K, B]
   wbar = sg(jax.nn.softmax(lw, axis=1))
   per_stratum = jnp.sum(wbar * lw, axis=1)  # [M, B]
@@ -185,7 +196,7 @@ def objective(
     comps = objectives.mixture_component_log_probs(
         model.family, z, frozen.loc_z, frozen.scale_z
     )
-    rho = jnp.exp(objectives.log_responsibility(comps))
+    rho = jnp.exp(objectives.log_responsibility(comps, present))
     per_stratum -= beta * jnp.sum(wbar * (rho - sg(rho)), axis=1)
     # Scores of the other mixture components m != r, kept live (they are not
     # the sampling distribution of stratum r): -beta wbar_k grad log Q with
@@ -195,11 +206,11 @@ def objective(
     )
     own = jnp.eye(m, dtype=bool)[:, :, None, None]
     comps_others = jnp.where(own, sg(comps_live), comps_live)
-    log_q = objectives.moe_log_prob(comps_others)
+    log_q = objectives.moe_log_prob(comps_others, present)
     per_stratum -= beta * jnp.sum(wbar * (log_q - sg(log_q)), axis=1)
 
-  surrogate = jnp.mean(per_stratum, axis=0)  # [B]
-  bound = objectives.moe_iw_bound(sg(lw))
+  surrogate = objectives.mean_over_present(per_stratum, present)  # [B]
+  bound = objectives.moe_iw_bound(sg(lw), present)
   # Report the bound as the value; keep the estimator's gradient.
   return surrogate + sg(bound - surrogate)
 
@@ -214,11 +225,12 @@ def sample_objective(
     beta=1.0,
     estimator: Estimator = 'iwae',
     cross_private: objectives.CrossPrivate = 'aux',
+    present=None,
 ):
   """Draws the noise from `key`, then evaluates `objective`: `[B]`."""
   b = model.check_batch(batch)
   noise = model.sample_noise(key, num_samples, b)
   return objective(
       model, params, batch, noise, beta=beta, estimator=estimator,
-      cross_private=cross_private,
+      cross_private=cross_private, present=present,
   )

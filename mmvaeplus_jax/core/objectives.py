@@ -17,6 +17,16 @@ likelihood scaling. For stratum (source) r and sample k:
 The log-weights are a pure function of (params, batch, noise): sampling is
 kept apart (`MMVAEPlus.sample_noise`), so a reference implementation can be
 compared on identical samples, and a user can drive it with their own noise.
+
+Missing modalities: every function below that takes `present` (`[M, B]`
+bool, modality m observed in example b; None = all observed, the unmasked
+program) restricts example b to its observed set P_b: the mixture
+q_Phi(z | x_P) = (1/|P_b|) sum_{m in P_b} q_m(z | x_m), the reconstructions
+to targets d in P_b, and the bound to the strata r in P_b,
+L_b = (1/|P_b|) sum_{r in P_b} log (1/K) sum_k exp(lw[r, k]): exactly the
+bound of the model with only P_b's modalities (tests/masks_test.py). Absent
+entries are removed by `where`, never by multiplying, so nothing computed
+from an absent modality's (filler) data reaches a value or a gradient.
 """
 
 from __future__ import annotations
@@ -57,33 +67,59 @@ def mixture_component_log_probs(family, z, loc, scale):
   )
 
 
-def moe_log_prob(component_log_probs):
+def _present_components(component_log_probs, present):
+  """Component log-densities with absent components at -inf."""
+  return jnp.where(present[None, :, None, :], component_log_probs, -jnp.inf)
+
+
+def moe_log_prob(component_log_probs, present=None):
   """log q_Phi(z | x_1:M) = logsumexp_m log q_m(z | x_m) - log M.
 
   Args:
     component_log_probs: `[M_r, M_m, K, B]`.
+    present: optional `[M_m, B]` bool: the mixture over the observed
+      components only, (1/|P_b|) sum_{m in P_b} (module docstring).
 
   Returns:
     `[M_r, K, B]` mixture log-density at each stratum's samples.
   """
-  return log_mean_exp(component_log_probs, axis=1)
+  if present is None:
+    return log_mean_exp(component_log_probs, axis=1)
+  count = jnp.sum(present, axis=0).astype(component_log_probs.dtype)  # [B]
+  return (jax.nn.logsumexp(_present_components(component_log_probs, present),
+                           axis=1) - jnp.log(count))
 
 
-def log_responsibility(component_log_probs):
+def log_responsibility(component_log_probs, present=None):
   """log rho_r(z_r) = log q_r(z_r | x_r) - log sum_m q_m(z_r | x_m).
 
   Args:
     component_log_probs: `[M_r, M_m, K, B]`.
+    present: optional `[M, B]` bool: the sum over observed components only;
+      an absent stratum gets -inf (rho = 0: it is not in the bound).
 
   Returns:
     `[M_r, K, B]`: the log-responsibility of the sampling component r.
   """
   m = component_log_probs.shape[0]
   own = component_log_probs[jnp.arange(m), jnp.arange(m)]  # [M, K, B]
-  return own - jax.nn.logsumexp(component_log_probs, axis=1)
+  if present is None:
+    return own - jax.nn.logsumexp(component_log_probs, axis=1)
+  out = own - jax.nn.logsumexp(
+      _present_components(component_log_probs, present), axis=1)
+  return jnp.where(present[:, None, :], out, -jnp.inf)
 
 
-def moe_iw_bound(log_weights):
+def mean_over_present(values, present=None):
+  """`[M, B]` -> `[B]`: the mean over modalities, or over the observed ones
+  of each example (`present` `[M, B]` bool; absent entries never read)."""
+  if present is None:
+    return jnp.mean(values, axis=0)
+  count = jnp.sum(present, axis=0).astype(values.dtype)
+  return jnp.sum(jnp.where(present, values, 0.0), axis=0) / count
+
+
+def moe_iw_bound(log_weights, present=None):
   """The stratified MoE importance-weighted bound, per example.
 
   L = (1/M) sum_r log (1/K) sum_k exp(lw[r, k]); with K = 1 it is the
@@ -92,11 +128,12 @@ def moe_iw_bound(log_weights):
 
   Args:
     log_weights: `[M, K, B]`.
+    present: optional `[M, B]` bool: the mean over the observed strata.
 
   Returns:
     `[B]`.
   """
-  return jnp.mean(log_mean_exp(log_weights, axis=1), axis=0)
+  return mean_over_present(log_mean_exp(log_weights, axis=1), present)
 
 
 def posterior_samples(posteriors: types.Posteriors, noise):
@@ -137,7 +174,8 @@ def cross_private_latents(model, params, noise, w, mode: CrossPrivate = 'aux'):
   raise ValueError(f'cross_private must be one of {CROSS_PRIVATE}, got {mode!r}')
 
 
-def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
+def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross,
+                                  present=None):
   """sum_d lambda_d log p_theta_d(x_d | u_{r->d}) for every stratum r.
 
   Each target modality d decodes all M strata at once (M * K * B latents);
@@ -150,6 +188,7 @@ def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
     w: `[M, K, B, Dw]` own private samples (decoded on the diagonal r = d).
     z: `[M, K, B, Dz]` shared samples.
     w_cross: `[M_r, M_d, K, B, Dw]` private latents for r != d.
+    present: optional `[M, B]` bool: the sum over observed targets only.
 
   Returns:
     `[M, K, B]`.
@@ -160,11 +199,12 @@ def reconstruction_log_likelihood(model, decoder_params, batch, w, z, w_cross):
   z_dec = jnp.broadcast_to(z[None], (m,) + z.shape)  # [M_d, M_r, K, B, Dz]
   u = jnp.concatenate([jnp.swapaxes(w_dec, 0, 1), z_dec], axis=-1)
   return model.decode_log_likelihood(
-      {'decoders': decoder_params}, batch, u)  # [M_r, K, B]
+      {'decoders': decoder_params}, batch, u, present=present)  # [M_r, K, B]
 
 
 def log_weights_from_latents(
-    model, decoder_params, batch, posteriors, w, z, w_cross, beta
+    model, decoder_params, batch, posteriors, w, z, w_cross, beta,
+    present=None,
 ):
   """lw[r, k, b] from given latents; also returns log rho_r(z_r).
 
@@ -178,25 +218,27 @@ def log_weights_from_latents(
     posteriors: `Posteriors` with `[M, B, D]` fields.
     w: `[M, K, B, Dw]`; z: `[M, K, B, Dz]`; w_cross: `[M, M, K, B, Dw]`.
     beta: weight of the prior/posterior bracket inside the weight.
+    present: optional `[M, B]` bool (module docstring); the rows of absent
+      strata are computed but belong to no bound.
 
   Returns:
     (lw `[M, K, B]`, log_resp `[M, K, B]`).
   """
   fam = model.family
   recon = reconstruction_log_likelihood(
-      model, decoder_params, batch, w, z, w_cross
+      model, decoder_params, batch, w, z, w_cross, present
   )
   log_pz = distributions.log_prob(fam, z, 0.0, model.prior_scale(model.dim_z))
   log_pw = distributions.log_prob(fam, w, 0.0, model.prior_scale(model.dim_w))
   comps = mixture_component_log_probs(
       fam, z, posteriors.loc_z, posteriors.scale_z
   )
-  log_qz = moe_log_prob(comps)
+  log_qz = moe_log_prob(comps, present)
   log_qw = distributions.log_prob(
       fam, w, posteriors.loc_w[:, None], posteriors.scale_w[:, None]
   )
   lw = recon + beta * (log_pz + log_pw - log_qz - log_qw)
-  return lw, log_responsibility(comps)
+  return lw, log_responsibility(comps, present)
 
 
 def log_weights(
@@ -207,11 +249,13 @@ def log_weights(
     *,
     beta: float = 1.0,
     cross_private: CrossPrivate = 'aux',
+    present=None,
 ):
   """The per-example log importance weights `lw [M, K, B]` (section 7).
 
   A pure function of params, batch and standardised noise; differentiable in
-  params through the reparameterised samples and the densities.
+  params through the reparameterised samples and the densities. `present`:
+  optional `[M, B]` bool (module docstring).
 
   Raises:
     ValueError: on a batch or noise that does not fit the model (trace time).
@@ -222,6 +266,6 @@ def log_weights(
   w, z = posterior_samples(post, noise)
   w_cross = cross_private_latents(model, params, noise, w, cross_private)
   lw, _ = log_weights_from_latents(
-      model, params['decoders'], batch, post, w, z, w_cross, beta
+      model, params['decoders'], batch, post, w, z, w_cross, beta, present
   )
   return lw

@@ -118,6 +118,67 @@ class Select:
     return {k: examples[k] for k in self.keys}
 
 
+MASK_KEY = 'mask'
+_MISSING_TAG = 0x6d697373  # 'miss': the missing-modality draws' own stream
+
+
+def missing_mask(num_examples: int, num_modalities: int, *, rate: float,
+                 seed: int) -> np.ndarray:
+  """Which modalities each example observes, missing completely at random.
+
+  Each modality of each example is missing independently with probability
+  `rate`; an example left with none keeps one modality drawn uniformly (so
+  the realised missing fraction is a little below `rate`:
+  rate - rate^M / M in expectation). A pure function of
+  (seed, N, M, rate), from its own NumPy stream.
+
+  Returns:
+    `[N, M]` bool, True = observed.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(
+        f'data.missing_rate must be in [0, 1) (the probability that a'
+        f' modality is missing), got {rate}')
+  rng = np.random.default_rng([int(seed), _MISSING_TAG])
+  keep = rng.random((num_examples, num_modalities)) >= rate
+  none = np.flatnonzero(~keep.any(axis=1))
+  keep[none, rng.integers(0, num_modalities, none.size)] = True
+  return keep
+
+
+class MissingSource:
+  """A source whose examples miss modalities: `read` adds `mask` `[n, M]`
+  (bool, True = observed, `missing_mask`) and sets every missing entry of
+  the modality arrays to zeros, so no model can read what is missing.
+
+  Args:
+    source: the complete source.
+    names: the M modality keys, in the model's order.
+    mask: `[len(source), M]` bool.
+  """
+
+  def __init__(self, source: Source, names, mask: np.ndarray):
+    mask = np.asarray(mask, bool)
+    if mask.shape != (len(source), len(names)):
+      raise ValueError(
+          f'mask must be [N, M] = [{len(source)}, {len(names)}], got'
+          f' {list(mask.shape)}')
+    self.source, self.names, self.mask = source, tuple(names), mask
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def read(self, indices):
+    out = dict(self.source.read(indices))
+    mask = self.mask[np.asarray(indices)]
+    for m, name in enumerate(self.names):
+      x = out[name]
+      gone = ~mask[:, m].reshape((-1,) + (1,) * (x.ndim - 1))
+      out[name] = np.where(gone, np.zeros_like(x), x)
+    out[MASK_KEY] = mask
+    return out
+
+
 def to_model_inputs(examples: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """uint8 images -> float32 [0, 1]; integer labels -> int32."""
   out = {}

@@ -107,6 +107,19 @@ def vocabulary(data):
   return captions.vocabulary_from_info(builder.info)
 
 
+def with_missing(data, source: pipeline.Source, names) -> pipeline.Source:
+  """`source` with modalities missing at random when `data.missing_rate`
+  > 0 (`pipeline.MissingSource`; mask `pipeline.missing_mask` from
+  `data.missing_seed`), else `source` itself. The trainer applies it to the
+  train split only: evaluation sees complete data."""
+  rate = float(data.get('missing_rate', 0.0))
+  if rate == 0.0:
+    return source
+  mask = pipeline.missing_mask(len(source), len(names), rate=rate,
+                               seed=int(data.get('missing_seed', 0)))
+  return pipeline.MissingSource(source, names, mask)
+
+
 def load_sources(data):
   """(train, eval) `pipeline.Source`s for `config.data`."""
   prepare_data(data)

@@ -22,14 +22,18 @@ Contract (`MultimodalVAE` subclasses implement the abstract methods):
 
     model.init(key, batch) -> params
     model.objective(key, params, batch, *, num_samples, beta, estimator,
-                    **options) -> [B]
+                    mask=None, **options) -> [B]
         per-example surrogate: value = the model's bound, gradient = the
         chosen estimator's (maximise its mean). `estimator=None` picks
         `model.estimators[0]`; `options` are the names in
-        `model.objective_options` (read from `config.objective`).
+        `model.objective_options` (read from `config.objective`). `mask`:
+        optional `[B, M]` bool, the observed modalities of each example
+        (missing modalities, `check_mask`): example b's bound is the
+        model's bound on its observed modalities alone (the absent ones'
+        filler data reach no value and no gradient); None = all observed.
     model.objective_noise(key, num_samples, batch_size, **options) -> noise
     model.objective_on_noise(params, batch, noise, *, beta, estimator,
-                             **options) -> [B]
+                             mask=None, **options) -> [B]
         the two halves of `objective` (same ops): a pytree of noise whose
         leaves have at most one batch axis of size B, and the surrogate on
         it. Per-example: rows of `batch` and of the noise's batch axes
@@ -239,22 +243,48 @@ class MultimodalVAE:
     raise NotImplementedError
 
   def objective(self, key, params, batch: Batch, *, num_samples: int = 1,
-                beta=1.0, estimator: str | None = None, **options) -> Array:
+                beta=1.0, estimator: str | None = None, mask=None,
+                **options) -> Array:
     """The per-example surrogate `[B]` on noise drawn from `key`:
     `objective_on_noise(params, batch, objective_noise(key, K, B))`, the
     one composition the trainer's one-call and microbatched steps share."""
     b = self.check_batch(batch)
     noise = self.objective_noise(key, num_samples, b, **options)
     return self.objective_on_noise(params, batch, noise, beta=beta,
-                                   estimator=estimator, **options)
+                                   estimator=estimator, mask=mask, **options)
 
   def objective_noise(self, key, num_samples: int, batch_size: int,
                       **options):
     raise NotImplementedError
 
   def objective_on_noise(self, params, batch: Batch, noise, *, beta=1.0,
-                         estimator: str | None = None, **options) -> Array:
+                         estimator: str | None = None, mask=None,
+                         **options) -> Array:
     raise NotImplementedError
+
+  def check_mask(self, mask, batch_size: int):
+    """`[B, M]` observed-modality mask -> `[M, B]` bool `present` (None
+    stays None: every modality observed).
+
+    Raises:
+      ValueError: on a mask that is not `[B, M]`, or (concrete masks) one
+        with an example that observes no modality.
+    """
+    if mask is None:
+      return None
+    want = (batch_size, self.num_modalities)
+    if tuple(np.shape(mask)) != want:
+      raise ValueError(
+          f'mask must have shape [B, M] = {list(want)} (one column per'
+          f' modality, in the order {list(self.names)}), got'
+          f' {list(np.shape(mask))}')
+    if not isinstance(mask, jax.core.Tracer):
+      empty = np.flatnonzero(~np.asarray(mask, bool).any(axis=1))
+      if empty.size:
+        raise ValueError(
+            f'mask rows {empty[:10].tolist()} observe no modality: every'
+            ' example needs at least one (drop those examples)')
+    return jnp.asarray(mask, bool).T
 
   def encode(self, params, batch: Batch) -> types.Posteriors:
     raise NotImplementedError

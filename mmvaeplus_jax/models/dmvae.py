@@ -62,8 +62,16 @@ class DMVAE(gaussian.GaussianMultimodalVAE):
     return {'z': self.normal(kz, (1 + m, k, b, self.dim_z)),
             'w': self.normal(kw, (1 + m, m, k, b, self.dim_w))}
 
-  def bound(self, params, batch, noise, *, beta=1.0):
-    """The sum of DMVAE's M + 1 ELBOs `[B]` (module docstring)."""
+  def bound(self, params, batch, noise, *, beta=1.0, present=None):
+    """The sum of DMVAE's M + 1 ELBOs `[B]` (module docstring).
+
+    With `present` (`[M, B]`, missing modalities): the joint ELBO over the
+    observed modalities (prior expert when two or more), the unimodal ELBOs
+    of the observed ones, each reconstructing the observed targets, private
+    KLs of the observed: DMVAE's bound on P_b's modalities alone.
+    """
+    if present is not None:
+      return self._masked_bound(params, batch, noise, beta, present)
     post = self.encode(params, batch)
     loc, scale = self.subset_posterior(post, self.elbo_subsets())  # [E, B, Dz]
     z = loc[:, None] + scale[:, None] * noise['z']  # [E, K, B, Dz]
@@ -78,3 +86,28 @@ class DMVAE(gaussian.GaussianMultimodalVAE):
     elbos = (jnp.mean(rec, axis=1)
              - beta * (kl_z + self.private_kl(post)[None]))  # [E, B]
     return jnp.sum(elbos, axis=0)
+
+  def _masked_bound(self, params, batch, noise, beta, present):
+    """`bound` on the observed modalities `present` `[M, B]`."""
+    post = self.encode(params, batch)
+    m, b = present.shape
+    members = jnp.concatenate(
+        [present[None], jnp.broadcast_to(jnp.eye(m, dtype=bool)[:, :, None],
+                                         (m, m, b))])  # [E, M, B]
+    valid = jnp.concatenate([jnp.ones((1, b), bool), present])  # [E, B]
+    prior = jnp.sum(members, axis=1) >= 2  # [E, B]
+    loc, scale = aggregation.gaussian_poe(
+        post.loc_z, post.scale_z, members,
+        prior_scale=self.prior_scale(self.dim_z), prior_expert=prior)
+    z = loc[:, None] + scale[:, None] * noise['z']  # [E, K, B, Dz]
+    w = (post.loc_w[None, :, None] + post.scale_w[None, :, None]
+         * noise['w'])  # [E, M, K, B, Dw]
+    rec = sum(
+        self.log_likelihood(params, batch, name,
+                            jnp.concatenate([w[:, d], z], axis=-1), present)
+        for d, name in enumerate(self.names))  # [E, K, B]
+    kl_z = aggregation.gaussian_kl(loc, scale, 0.0,
+                                   self.prior_scale(self.dim_z))  # [E, B]
+    elbos = (jnp.mean(rec, axis=1)
+             - beta * (kl_z + self.private_kl(post, present)[None]))
+    return jnp.sum(jnp.where(valid, elbos, 0.0), axis=0)

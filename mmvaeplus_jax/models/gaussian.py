@@ -37,8 +37,10 @@ class GaussianMultimodalVAE(networks.NetworkVAE):
   """Gaussian posteriors with log-variance heads, N(0, I) priors.
 
   Subclasses implement `sample_noise(key, num_samples, batch_size,
-  **options) -> dict`, `bound(params, batch, noise, *, beta, **options) ->
-  [B]` and `prior_expert(subsets) -> [S] bool`.
+  **options) -> dict`, `bound(params, batch, noise, *, beta, present=None,
+  **options) -> [B]` and `prior_expert(subsets) -> [S] bool`. `present`
+  (`[M, B]` bool or None): the observed modalities of each example; the
+  bound of example b is then the model's bound on those alone.
   """
 
   family: str = 'normal'
@@ -70,10 +72,14 @@ class GaussianMultimodalVAE(networks.NetworkVAE):
     return self.sample_noise(key, num_samples, batch_size, **options)
 
   def objective_on_noise(self, params, batch, noise, *, beta=1.0,
-                         estimator=None, **options):
-    """The model's ELBO (`bound`) on given noise: `[B]`."""
+                         estimator=None, mask=None, **options):
+    """The model's ELBO (`bound`) on given noise: `[B]`. `mask` `[B, M]`:
+    the observed modalities; `bound` gets them as `present` `[M, B]`."""
     self.check_estimator(estimator)
-    return self.bound(params, batch, noise, beta=beta, **options)
+    present = (None if mask is None else
+               self.check_mask(mask, self.check_batch(batch)))
+    return self.bound(params, batch, noise, beta=beta, present=present,
+                      **options)
 
   def prior_expert(self, subsets) -> np.ndarray:
     """`[S]` bool: whether q(z | x_S) includes the prior expert."""
@@ -108,7 +114,7 @@ class GaussianMultimodalVAE(networks.NetworkVAE):
   def normal(self, key, shape):
     return jax.random.normal(key, shape, jnp.float32)
 
-  def log_likelihood(self, params, batch, name: str, u):
+  def log_likelihood(self, params, batch, name: str, u, present=None):
     """lambda_d log p_theta_d(x_d | u) for one modality d.
 
     Args:
@@ -116,21 +122,28 @@ class GaussianMultimodalVAE(networks.NetworkVAE):
       batch: `{name: [B, *event]}`.
       name: the modality d.
       u: `[*S, B, Dw + Dz]` latents (any sample axes S before B).
+      present: optional `[M, B]` bool: 0 where d is not observed.
 
     Returns:
       `[*S, B]`.
     """
-    mod = self.modalities[self.names.index(name)]
+    d = self.names.index(name)
+    mod = self.modalities[d]
     one = self.modality_log_likelihood_fn(mod)
-    return mod.likelihood_scale * one(params['decoders'][name], u,
-                                      batch[name])
+    ll = mod.likelihood_scale * one(params['decoders'][name], u, batch[name])
+    if present is None:
+      return ll
+    return jnp.where(present[d], ll, 0.0)
 
-  def private_kl(self, post: types.Posteriors):
-    """sum_d KL(q_d(w_d | x_d) || p(w)): `[B]` (0 without private latents)."""
+  def private_kl(self, post: types.Posteriors, present=None):
+    """sum_d KL(q_d(w_d | x_d) || p(w)): `[B]` (0 without private latents;
+    with `present` `[M, B]`, the sum over the observed d)."""
     if self.dim_w == 0:
       return jnp.zeros(post.loc_z.shape[1], post.loc_z.dtype)
     kl = aggregation.gaussian_kl(post.loc_w, post.scale_w, 0.0,
                                  self.prior_scale(self.dim_w))  # [M, B]
+    if present is not None:
+      kl = jnp.where(present, kl, 0.0)
     return jnp.sum(kl, axis=0)
 
 

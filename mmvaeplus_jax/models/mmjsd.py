@@ -64,8 +64,16 @@ class MMJSD(gaussian.GaussianMultimodalVAE):
         post.loc_z, post.scale_z, prior_scale=self.prior_scale(self.dim_z))
     return js
 
-  def bound(self, params, batch, noise, *, beta=1.0):
-    """The MMJSD objective `[B]` (module docstring) on `noise`."""
+  def bound(self, params, batch, noise, *, beta=1.0, present=None):
+    """The MMJSD objective `[B]` (module docstring) on `noise`.
+
+    With `present` (`[M, B]`, missing modalities): the MoE, the
+    reconstructions and the private KLs over the observed modalities, the
+    JS divergence over their experts and the prior (weights
+    1 / (|P_b| + 1)): the MMJSD objective of P_b's modalities alone.
+    """
+    if present is not None:
+      return self._masked_bound(params, batch, noise, beta, present)
     post = self.encode(params, batch)
     idx = gaussian.choose(noise['choice'], self.num_modalities)  # [K, B]
     sel_loc, sel_scale = gaussian.gather_components(post.loc_z, post.scale_z,
@@ -77,4 +85,28 @@ class MMJSD(gaussian.GaussianMultimodalVAE):
                             jnp.concatenate([w[d], z], axis=-1))
         for d, name in enumerate(self.names))  # [K, B]
     reg = self.divergence(post) + self.private_kl(post)  # [B]
+    return jnp.mean(rec, axis=0) - beta * reg
+
+  def _masked_bound(self, params, batch, noise, beta, present):
+    """`bound` on the observed modalities `present` `[M, B]`."""
+    post = self.encode(params, batch)
+    count = jnp.sum(present, axis=0)  # [B]
+    pos = gaussian.choose(noise['choice'], count)  # [K, B]
+    idx = aggregation.nth_true(present, pos)  # [K, B] observed component
+    sel_loc, sel_scale = gaussian.gather_components(post.loc_z, post.scale_z,
+                                                    idx)
+    z = sel_loc + sel_scale * noise['z']  # [K, B, Dz]
+    w = post.loc_w[:, None] + post.scale_w[:, None] * noise['w']
+    rec = sum(
+        self.log_likelihood(params, batch, name,
+                            jnp.concatenate([w[d], z], axis=-1), present)
+        for d, name in enumerate(self.names))  # [K, B]
+    dtype = post.loc_z.dtype
+    pi = jnp.concatenate([present.astype(dtype),
+                          jnp.ones_like(present[:1], dtype)])  # [M + 1, B]
+    pi = pi / (count + 1).astype(dtype)
+    js, _, _ = aggregation.jensen_shannon_dynamic_prior(
+        post.loc_z, post.scale_z, prior_scale=self.prior_scale(self.dim_z),
+        weights=pi)
+    reg = js + self.private_kl(post, present)  # [B]
     return jnp.mean(rec, axis=0) - beta * reg

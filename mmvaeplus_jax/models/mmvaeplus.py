@@ -75,14 +75,17 @@ class MMVAEPlus(networks.NetworkVAE):
 
   def objective_on_noise(self, params, batch: Batch, noise, *, beta=1.0,
                          estimator: str | None = None,
-                         cross_private: str = 'aux'):
+                         cross_private: str = 'aux', mask=None):
     """`estimators.objective` (the stratified MoE bound; its estimators) on
     given noise: `[B]` surrogate, value = the bound. With the noise of
-    `objective_noise`, the ops of `estimators.sample_objective`."""
+    `objective_noise`, the ops of `estimators.sample_objective`. `mask`
+    `[B, M]`: the observed modalities (`objectives` module docstring)."""
     return estimators.objective(
         self, params, batch, noise, beta=beta,
         estimator=self.check_estimator(estimator),
-        cross_private=cross_private)
+        cross_private=cross_private,
+        present=(None if mask is None else
+                 self.check_mask(mask, self.check_batch(batch))))
 
   def sample_shared(self, post: types.Posteriors, subsets, eps_choice, eps):
     """q(z | x_S) = the mixture of S's unimodal posteriors (MoE)."""

@@ -55,8 +55,17 @@ class MoPoE(gaussian.GaussianMultimodalVAE):
     return {'choice': jax.random.uniform(kc, (k, batch_size)),
             'z': self.normal(kz, (k, batch_size, self.dim_z))}
 
-  def bound(self, params, batch, noise, *, beta=1.0):
-    """The MoPoE objective `[B]` (module docstring) on `noise`."""
+  def bound(self, params, batch, noise, *, beta=1.0, present=None):
+    """The MoPoE objective `[B]` (module docstring) on `noise`.
+
+    With `present` (`[M, B]`, missing modalities): the mixture runs over the
+    non-empty subsets of the observed set P_b (the prior expert joins P_b
+    itself, the "full set" of the example), reconstructions over P_b, the
+    KL average over those subsets: the MoPoE objective of P_b's modalities
+    alone, on the same noise.
+    """
+    if present is not None:
+      return self._masked_bound(params, batch, noise, beta, present)
     post = self.encode(params, batch)
     subsets = aggregation.all_subsets(self.num_modalities)  # [P, M]
     loc, scale = self.subset_posterior(post, subsets)  # [P, B, Dz]
@@ -68,3 +77,26 @@ class MoPoE(gaussian.GaussianMultimodalVAE):
     kl = aggregation.gaussian_kl(loc, scale, 0.0,
                                  self.prior_scale(self.dim_z))  # [P, B]
     return jnp.mean(rec, axis=0) - beta * jnp.mean(kl, axis=0)
+
+  def _masked_bound(self, params, batch, noise, beta, present):
+    """`bound` on the observed modalities `present` `[M, B]`."""
+    post = self.encode(params, batch)
+    subsets = aggregation.all_subsets(self.num_modalities)  # [P, M]
+    inside, members = aggregation.observed_members(subsets, present)
+    full = jnp.all(jnp.asarray(subsets)[:, :, None] == present[None],
+                   axis=1)  # [P, B]: the subset is P_b itself
+    # A subset outside P_b becomes the prior alone (finite; never used).
+    loc, scale = aggregation.gaussian_poe(
+        post.loc_z, post.scale_z, members,
+        prior_scale=self.prior_scale(self.dim_z), prior_expert=full | ~inside)
+    count = jnp.sum(inside, axis=0)  # [B]: 2^|P_b| - 1
+    pos = gaussian.choose(noise['choice'], count)  # [K, B]
+    idx = aggregation.nth_true(inside, pos)  # [K, B] subset index
+    sel_loc, sel_scale = gaussian.gather_components(loc, scale, idx)
+    z = sel_loc + sel_scale * noise['z']  # [K, B, Dz]
+    rec = sum(self.log_likelihood(params, batch, name, z, present)
+              for name in self.names)  # [K, B]
+    kl = aggregation.gaussian_kl(loc, scale, 0.0,
+                                 self.prior_scale(self.dim_z))  # [P, B]
+    kl = jnp.sum(jnp.where(inside, kl, 0.0), axis=0) / count
+    return jnp.mean(rec, axis=0) - beta * kl

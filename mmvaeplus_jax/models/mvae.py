@@ -52,9 +52,18 @@ class MVAE(gaussian.GaussianMultimodalVAE):
     return {'subsets': rand,
             'z': self.normal(kz, (s, k, batch_size, self.dim_z))}
 
-  def bound(self, params, batch, noise, *, beta=1.0, mvae_subsets: int = 0):
-    """Sum of the subset ELBOs `[B]` (module docstring) on `noise`."""
+  def bound(self, params, batch, noise, *, beta=1.0, mvae_subsets: int = 0,
+            present=None):
+    """Sum of the subset ELBOs `[B]` (module docstring) on `noise`.
+
+    With `present` (`[M, B]`, missing modalities): the joint ELBO is that
+    of the observed modalities, and a unimodal or random subset's ELBO
+    counts only in examples that observe all its modalities (the sum over
+    the subsets of MVAE restricted to the observed set).
+    """
     del mvae_subsets  # fixed by noise['subsets']
+    if present is not None:
+      return self._masked_bound(params, batch, noise, beta, present)
     m = self.num_modalities
     post = self.encode(params, batch)
     subsets = jnp.concatenate(
@@ -83,3 +92,36 @@ class MVAE(gaussian.GaussianMultimodalVAE):
                                  self.prior_scale(self.dim_z))  # [S, B]
     elbos = jnp.mean(rec, axis=1) - beta * kl  # [S, B]
     return jnp.sum(elbos, axis=0)
+
+  def _masked_bound(self, params, batch, noise, beta, present):
+    """`bound` on the observed modalities `present` `[M, B]`."""
+    post = self.encode(params, batch)
+    subsets = jnp.concatenate(
+        [jnp.asarray(self.fixed_subsets()), noise['subsets']])  # [S, M]
+    inside, members = aggregation.observed_members(subsets, present)
+    members = members.at[0].set(present)  # the joint: every observed one
+    inside = inside.at[0].set(True)
+    loc, scale = aggregation.gaussian_poe(
+        post.loc_z, post.scale_z, members,
+        prior_scale=self.prior_scale(self.dim_z), prior_expert=True)
+    z = loc[:, None] + scale[:, None] * noise['z']  # [S, K, B, Dz]
+    # As `bound`: modality d decodes the joint, its own unimodal and the
+    # random subsets' samples; each subset reconstructs its members.
+    m = self.num_modalities
+    rec_joint = 0.0
+    rec_uni = []
+    rec_rand = 0.0
+    for d, name in enumerate(self.names):
+      zd = jnp.concatenate([z[:1], z[1 + d:2 + d], z[1 + m:]])  # [2 + R, ..]
+      ll = self.log_likelihood(params, batch, name, zd)  # [2 + R, K, B]
+      rec_joint += jnp.where(present[d], ll[0], 0.0)
+      rec_uni.append(ll[1])  # counts only where d is observed (`inside`)
+      rec_rand += jnp.where(members[1 + m:, d][:, None], ll[2:], 0.0)
+    rec = jnp.concatenate(
+        [rec_joint[None], jnp.stack(rec_uni),
+         jnp.broadcast_to(rec_rand, (noise['subsets'].shape[0],)
+                          + rec_joint.shape)])  # [S, K, B]
+    kl = aggregation.gaussian_kl(loc, scale, 0.0,
+                                 self.prior_scale(self.dim_z))  # [S, B]
+    elbos = jnp.mean(rec, axis=1) - beta * kl  # [S, B]
+    return jnp.sum(jnp.where(inside, elbos, 0.0), axis=0)

@@ -132,7 +132,7 @@ class NetworkVAE(base.MultimodalVAE):
     return types.Posteriors(loc_w, self.scale(raw_w), loc_z, self.scale(raw_z))
 
   def decode_log_likelihood(self, params, batch: types.Batch,
-                            u: types.Array) -> types.Array:
+                            u: types.Array, present=None) -> types.Array:
     """sum_d lambda_d log p_theta_d(x_d | u[d]) with every decoder at once.
 
     Args:
@@ -140,6 +140,8 @@ class NetworkVAE(base.MultimodalVAE):
       batch: `{name: [B, *event]}`.
       u: `[M_d, *S, B, Dw + Dz]` latents decoded by target modality d
         (any sample axes S before the batch axis).
+      present: optional `[M_d, B]` bool: the sum over the observed targets
+        of each example only (absent ones removed by `where`).
 
     Returns:
       `[*S, B]`.
@@ -154,6 +156,11 @@ class NetworkVAE(base.MultimodalVAE):
 
       one = self.modality_log_likelihood_fn(mod)
       ll = jax.vmap(one)(self._stacked(params, 'decoders', idx), ud, x)
+      if present is not None:  # [G, *S, B]: absent targets contribute 0
+        keep = present[jnp.asarray(idx)]  # [G, B]
+        keep = keep.reshape(keep.shape[:1] + (1,) * (ll.ndim - 2)
+                            + keep.shape[1:])
+        ll = jnp.where(keep, ll, 0.0)
       total = total + jnp.tensordot(lam, ll, axes=1)
     return total
 

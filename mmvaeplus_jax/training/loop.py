@@ -214,6 +214,13 @@ def train_and_evaluate(config, workdir: str, *,
   keys = tuple(model.names) + ('label',)  # only what the model reads
   train_src, eval_src = (pipeline.Select(s, keys)
                          for s in (train_src, eval_src))
+  # Missing modalities (data.missing_rate > 0): the train split only.
+  train_src = sources.with_missing(config.data, train_src, model.names)
+  if isinstance(train_src, pipeline.MissingSource):
+    logging.info('Training with missing modalities: %.4f of the train'
+                 ' split\'s modality entries missing (data.missing_rate=%g,'
+                 ' seed %d)', 1.0 - train_src.mask.mean(),
+                 config.data.missing_rate, config.data.missing_seed)
   num_steps = total_steps(tc, len(train_src))
 
   mesh = parallel.make_mesh()

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from mmvaeplus_jax import models
 from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.training import update
 
 
@@ -128,10 +129,13 @@ def microbatch_gradient(params, acc, batch, base_key, step, index, *, model,
   mb = {n: rows(x, 0) for n, x in images.items()}
   mn = jax.tree.map(lambda x, a: x if a < 0 else rows(x, a), noise,
                     noise_axes)
+  mask = batch.get(pipeline.MASK_KEY)  # [B, M] observed modalities or None
+  mask = None if mask is None else rows(mask, 0)
 
   def loss_fn(p):
     bound = model.objective_on_noise(p, mb, mn, beta=beta,
-                                     estimator=estimator, **dict(options))
+                                     estimator=estimator, mask=mask,
+                                     **dict(options))
     return -jnp.sum(bound) / b
 
   loss, grads = jax.value_and_grad(loss_fn)(params)

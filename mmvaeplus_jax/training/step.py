@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from mmvaeplus_jax import models
 from mmvaeplus_jax import train_state
 from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.training import microbatch
 from mmvaeplus_jax.training import update
 
@@ -27,6 +28,11 @@ from mmvaeplus_jax.training import update
 
 def _images(model, batch):
   return {n: batch[n] for n in model.names}
+
+
+def _mask(batch):
+  """The batch's observed-modality mask `[B, M]`, or None (all observed)."""
+  return batch.get(pipeline.MASK_KEY)
 
 
 def train_step(state: train_state.TrainState, batch, base_key, *, model, tx,
@@ -55,7 +61,7 @@ def train_step(state: train_state.TrainState, batch, base_key, *, model, tx,
   def loss_fn(params):
     bound = model.objective(
         key, params, _images(model, batch), num_samples=num_samples,
-        beta=beta, estimator=estimator, **dict(options))
+        beta=beta, estimator=estimator, mask=_mask(batch), **dict(options))
     return -jnp.mean(bound)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -75,7 +81,7 @@ def _train_step_batch_stats(state, batch, key, *, model, tx,
     bound = trained.objective(
         key, model.with_trainable(state.params, trainable), images,
         num_samples=num_samples, beta=beta, estimator=estimator,
-        **dict(options))
+        mask=_mask(batch), **dict(options))
     return -jnp.mean(bound)
 
   loss, grads = jax.value_and_grad(loss_fn)(
