@@ -71,3 +71,36 @@ def test_kept_set_scores_its_recorded_accuracy(tmp_path):
       np.testing.assert_allclose(acc, meta['test_accuracy'][name],
                                  atol=2 / len(test['label']) + 1e-12,
                                  err_msg=f'{kept.name} {name}')
+
+
+def test_the_cub_study_uses_its_kept_species_set():
+  """studies/cub.py: every variant's cells are valid CUB configs scored
+  with the kept species classifiers (cub23: 23 classes, vocabulary 509)."""
+  # pylint: disable=g-import-not-at-top
+  from mmvaeplus_jax import models
+  from mmvaeplus_jax.experiments import records
+  from mmvaeplus_jax.experiments import study
+  # pylint: enable=g-import-not-at-top
+  kept = REPO / 'studies' / 'classifiers' / 'cub23_species_seed0'
+  path = str(REPO / 'studies' / 'cub.py')
+  for variant in ('cub23', 'paper', 'tiny'):
+    s = records.load_study(f'{path}:{variant}')
+    assert {c.config.evals.classifier_dir for c in s.cells} == {str(kept)}
+    for cell in s.cells:
+      assert cell.config.data.config == 'cub23'
+      assert models.get_model(cell.config.model).names == ('image',
+                                                           'caption')
+  cub23 = records.load_study(f'{path}:cub23')
+  assert [c.name for c in cub23.cells] == ['mmvaeplus', 'mmvae']
+  assert cub23.seeds == (0, 1)
+  assert cub23.cells[0].config.train.num_steps == 9000
+  paper = records.load_study(f'{path}:paper').cells[0].config
+  assert (paper.objective.num_samples, paper.objective.estimator,
+          paper.model.width) == (10, 'dreg', 1.0)
+  meta = json.loads((kept / classifiers.METADATA_FILE).read_text())
+  assert meta['modalities'] == ['image', 'caption']
+  assert meta['num_classes'] == {'image': 23, 'caption': 23}
+  assert meta['vocab_sizes'] == {'caption': 509}
+  if not all((kept / n).is_dir() for n in meta['modalities']):
+    with pytest.raises(FileNotFoundError, match=f'--out {kept}'):
+      study.check_classifier_dir(str(kept))
