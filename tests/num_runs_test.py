@@ -16,6 +16,7 @@ from mmvaeplus_jax import train_state
 from mmvaeplus_jax.configs import polymnist as polymnist_configs
 from mmvaeplus_jax.experiments import runs
 from mmvaeplus_jax.infra import parallel
+from mmvaeplus_jax.infra import rundir
 from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.input import sources
 from mmvaeplus_jax.training import loop
@@ -126,6 +127,8 @@ def test_three_runs_match_separate_runs_and_restore_alone(data_dir,
   np.testing.assert_allclose(run1['train/loss'], alone['train/loss'],
                              rtol=3e-4)
 
+  with pytest.raises(ValueError, match=r'run0 \.\. .*run2'):
+    runs.load_run(str(job))  # the job's own directory: no checkpoints
   again = loop.train_and_evaluate(config, str(job))  # finished: no training
   assert again['step'] == 3 and again['num_runs'] == 3
 
@@ -148,6 +151,16 @@ def test_num_runs_one_is_the_plain_program(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(loop.sources, 'load_sources', stop)
   with pytest.raises(Reached):
     loop.train_and_evaluate(_config(data_dir, num_runs=1), str(tmp_path))
+
+
+def test_job_directory_points_at_its_runs(tmp_path):
+  """`load_run` / `eval.py` on the job's own directory (config.json with
+  num_runs = 3, checkpoints only per run) name the run directories."""
+  config = polymnist_configs.get_config('smoke')
+  config.train.num_runs = 3
+  rundir.save_config(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r'num_runs=3 runs.*run0 \.\. .*run2'):
+    runs.load_run(str(tmp_path))
 
 
 def test_bad_num_runs_settings_fail_clearly(data_dir, tmp_path):
