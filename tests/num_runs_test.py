@@ -40,33 +40,42 @@ def _recording_tx():
       update=lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
 
 
-def test_vmapped_step_gives_each_runs_loss_and_gradient(data_dir):
-  """`jit_train_steps` on S = 3 stacked states, batches and keys vs
-  `jit_train_step` on each run alone (init, data order and noise of seed
-  seed + r), over two steps on one device."""
+@pytest.mark.parametrize('betas', [
+    '', pytest.param('0.5,1,2.5', marks=pytest.mark.slow)])  # ~60 s each
+def test_vmapped_step_gives_each_runs_loss_and_gradient(data_dir, betas):
+  """`jit_train_steps` on S = 3 stacked states, batches and keys (and with
+  `train.run_betas`, the traced betas [S]) vs the plain step of each run's
+  own config (`run_config`: init, data order and noise of seed seed + r,
+  its static beta), over two steps on one device."""
   config = _config(data_dir)
+  config.train.run_betas = betas
   model = models.get_model(config.model)
   tx = _recording_tx()
   train_src, _ = sources.load_sources(config.data)
   mesh = parallel.make_mesh(jax.devices()[:1])
   b = config.train.batch_size
-  seeds = [loop.run_config(config, r).seed for r in range(3)]
+  configs = [loop.run_config(config, r) for r in range(3)]
+  seeds = [c.seed for c in configs]
   assert seeds == [config.seed, config.seed + 1, config.seed + 2]
+  if betas:
+    assert [c.objective.beta for c in configs] == [0.5, 1.0, 2.5]
   keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
   batch = lambda s, i: {n: v for n, v in pipeline.host_batch(
       train_src, i, seed=s, global_batch=b).items() if n in model.names}
   states = [train_state.init_state(k[0], batch(s, 0), model=model, tx=tx)
             for k, s in zip(keys, seeds)]
-  plain = jax.jit(step_lib.make_train_step(config, model, tx))
-  vmapped = step_lib.jit_train_steps(config, model, tx, mesh)
+  plain = [jax.jit(step_lib.make_train_step(c, model, tx)) for c in configs]
+  vmapped = step_lib.jit_train_steps(config, model, tx, mesh,
+                                     per_run_beta=bool(betas))
+  extra = (jnp.asarray(loop.run_betas(config), jnp.float32),) if betas else ()
   stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
   base_keys = jnp.stack([k[1] for k in keys])
   for i in range(2):
     stacked, metrics = vmapped(
         stacked, {n: np.stack([batch(s, i)[n] for s in seeds])
-                  for n in model.names}, base_keys)
+                  for n in model.names}, base_keys, *extra)
     for r, s in enumerate(seeds):
-      states[r], want = plain(states[r], batch(s, i), keys[r][1])
+      states[r], want = plain[r](states[r], batch(s, i), keys[r][1])
       # Reassociated float32 sums only (the vmapped program may order them
       # differently); bounds as train_test.py's sharded-step test: the loss
       # sums n = 2 * 3 * 28 * 28 same-sign pixel terms per example,
@@ -171,6 +180,11 @@ def test_bad_num_runs_settings_fail_clearly(data_dir, tmp_path):
   c.train.curve_start_examples = 16
   with pytest.raises(ValueError, match='curve_start_examples=0'):
     loop.train_and_evaluate(c, str(tmp_path / 'b'))
+  for n, betas in ((3, '1,2'), (1, '1'), (3, '1,x,2')):
+    c = _config(data_dir, n)
+    c.train.run_betas = betas
+    with pytest.raises(ValueError, match='one per run'):
+      loop.train_and_evaluate(c, str(tmp_path / 'c'))
   c = _config(data_dir)
   c.train.microbatch_size = 2
   model = models.get_model(c.model)

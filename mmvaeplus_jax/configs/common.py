@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
       # and std across runs in <workdir>/metrics.json. 1: one run, no run
       # axis (the program of a plain run).
       num_runs=1,
+      # With num_runs > 1: run r's objective.beta, comma-separated (one per
+      # run, e.g. '0.5,1,2.5'); '' = objective.beta for every run.
+      run_betas='',
       # Examples per device per call of the gradient (the step sums the
       # calls' gradients: same noise, loss and gradient up to float32
       # reassociation; training/microbatch.py:resolve_microbatch): -1 automatic

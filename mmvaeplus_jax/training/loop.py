@@ -198,6 +198,7 @@ def train_and_evaluate(config, workdir: str, *,
     return train_runs(config, workdir, final_evals=final_evals,
                       curve_evals=curve_evals)
   t_begin = time.time()
+  run_betas(config)  # none with num_runs = 1 (ValueError)
   if config.train.final_coherence and not final_evals:
     raise ValueError(
         'config.train.final_coherence is set but train_and_evaluate was'
@@ -446,14 +447,45 @@ def _flatten(d, prefix=''):
 # ------------------------------------------------------ S runs in one program
 
 
+def run_betas(config) -> list[float] | None:
+  """The runs' betas of `train.run_betas` (None: '' = `objective.beta`).
+
+  Raises:
+    ValueError: not one float per run (`train.num_runs`), or set with
+      num_runs = 1.
+  """
+  text = str(config.train.get('run_betas', '') or '').strip()
+  if not text:
+    return None
+  num_runs = int(config.train.num_runs)
+  try:
+    betas = [float(x) for x in text.split(',')]
+  except ValueError:
+    raise ValueError(
+        f'train.run_betas={text!r} must be comma-separated floats, one per'
+        ' run') from None
+  if num_runs == 1 or len(betas) != num_runs:
+    raise ValueError(
+        f'train.run_betas={text!r} gives {len(betas)} betas for'
+        f' train.num_runs={num_runs} runs: give one per run (with'
+        ' num_runs = 1 set objective.beta instead), or \'\' for'
+        ' objective.beta in every run')
+  return betas
+
+
 def run_config(config, r: int):
   """Run r's own config in a job of `train.num_runs` runs: seed `seed + r`,
-  `num_runs` 1, the rest as `config`: the config of the separate run that
+  `objective.beta` its entry of `train.run_betas` (if set), `num_runs` 1,
+  `run_betas` '', the rest as `config`: the config of the separate run that
   run r equals (what its `config.json` holds, so `load_run` and `eval.py`
   treat it as a plain run)."""
+  betas = run_betas(config)
   c = copy.deepcopy(config)
   c.seed = int(config.seed) + int(r)
+  if betas is not None:
+    c.objective.beta = betas[r]
   c.train.num_runs = 1
+  c.train.run_betas = ''
   return c
 
 
@@ -494,7 +526,9 @@ def train_runs(config, workdir: str, *,
                curve_evals: Sequence[CurveEval] = ()):
   """Trains S = `train.num_runs` independent runs at once in `workdir`.
 
-  Run r is the separate run of `run_config(config, r)` (seed `seed + r`):
+  Run r is the separate run of `run_config(config, r)` (seed `seed + r`,
+  and beta its entry of `train.run_betas` if set: then a traced [S] input
+  of the step in place of the static `objective.beta`):
   its init key, its step noise (`train_step`'s `fold_in(base_key, step)`
   from its own base key) and its data order (`pipeline.iterate` with its
   seed) are that run's, so its parameters are the separate run's up to
@@ -554,7 +588,13 @@ def train_runs(config, workdir: str, *,
   parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
                            mesh.devices.size)
   repl = parallel.replicated(mesh)
-  train_fn = step_lib.jit_train_steps(config, model, tx, mesh)
+  betas = run_betas(config)
+  train_fn = step_lib.jit_train_steps(config, model, tx, mesh,
+                                      per_run_beta=betas is not None)
+  if betas is not None:
+    beta_args = (parallel.replicate(mesh, np.asarray(betas, np.float32)),)
+  else:
+    beta_args = ()
 
   run_keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
   init_keys = [k[0] for k in run_keys]
@@ -604,11 +644,14 @@ def train_runs(config, workdir: str, *,
         return json.load(f)
     return {'step': start}
 
-  o = config.objective
-  eval_fn = jax.jit(functools.partial(
-      step_lib.eval_step, model=model, num_samples=o.num_samples,
-      beta=o.beta,
-      options=tuple(models.objective_options(o, model).items())))
+  eval_fns = {}  # one per distinct beta (static in eval_step)
+  for c in configs:
+    o = c.objective
+    if o.beta not in eval_fns:
+      eval_fns[o.beta] = jax.jit(functools.partial(
+          step_lib.eval_step, model=model, num_samples=o.num_samples,
+          beta=o.beta,
+          options=tuple(models.objective_options(o, model).items())))
   is_main = jax.process_index() == 0
   run_writers = [writers.create_writer(d, just_logging=not is_main)
                  for d in dirs]
@@ -659,7 +702,7 @@ def train_runs(config, workdir: str, *,
       step = items[0][0]
       local = {k: np.stack([b[k] for _, b in items]) for k in items[0][1]}
       batch = parallel.global_run_batch(mesh, local)
-      state, metrics = train_fn(state, batch, train_keys)
+      state, metrics = train_fn(state, batch, train_keys, *beta_args)
       if pending is not None:
         last = drain(pending)
         bar.set_postfix(loss=f'{float(np.mean(last["train/loss"])):.1f}',
@@ -688,7 +731,8 @@ def train_runs(config, workdir: str, *,
         for r in range(num_runs):
           summaries[r].update(_evaluate(
               configs[r], dirs[r], done, model,
-              take(state, jnp.int32(r)).params, eval_fn, eval_src,
+              take(state, jnp.int32(r)).params,
+              eval_fns[configs[r].objective.beta], eval_src,
               eval_keys[r], mesh, run_writers[r]))
       if (done % tc.checkpoint_every_steps == 0 or done == num_steps
           or sigterm.received):

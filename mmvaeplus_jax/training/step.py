@@ -135,7 +135,7 @@ def jit_train_step(config, model, tx, mesh):
       out_shardings=(repl, repl), donate_argnums=0)
 
 
-def jit_train_steps(config, model, tx, mesh):
+def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False):
   """S = `train.num_runs` independent train steps as one compiled program.
 
   `(states, batches, base_keys) -> (states, metrics)`: `train_step` vmapped
@@ -143,7 +143,9 @@ def jit_train_steps(config, model, tx, mesh):
   [S, B, ...] and of the base keys [S]; every metric comes out as [S]. The
   state (run axis included) is replicated and donated, the batch sharded on
   its B axis over 'data' as `jit_train_step`'s (`parallel.
-  run_data_sharding`).
+  run_data_sharding`). With `per_run_beta` the step takes a fourth argument,
+  the runs' betas [S] (float32, traced; `train.run_betas`), in place of the
+  static `objective.beta`.
 
   Raises:
     ValueError: the config asks for microbatches (`train.microbatch_size`,
@@ -157,7 +159,14 @@ def jit_train_steps(config, model, tx, mesh):
         f' {size} examples per call here): set --config.train.'
         'microbatch_size=0, or train the runs separately')
   repl = parallel.replicated(mesh)
-  return jax.jit(
-      jax.vmap(make_train_step(config, model, tx)),
-      in_shardings=(repl, parallel.run_data_sharding(mesh), repl),
-      out_shardings=(repl, repl), donate_argnums=0)
+  fn = make_train_step(config, model, tx)
+  shardings = (repl, parallel.run_data_sharding(mesh), repl)
+  if per_run_beta:
+    fn = functools.partial(_with_beta, fn)
+    shardings += (repl,)
+  return jax.jit(jax.vmap(fn), in_shardings=shardings,
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+def _with_beta(fn, state, batch, base_key, beta):
+  return fn(state, batch, base_key, beta=beta)
