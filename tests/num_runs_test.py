@@ -140,6 +140,10 @@ def test_three_runs_match_separate_runs_and_restore_alone(data_dir,
     runs.load_run(str(job))  # the job's own directory: no checkpoints
   again = loop.train_and_evaluate(config, str(job))  # finished: no training
   assert again['step'] == 3 and again['num_runs'] == 3
+  config.train.num_steps = 4  # resumed: all 3 runs from their step 3
+  more = loop.train_and_evaluate(config, str(job))
+  assert more['step'] == 4
+  assert [runs.load_run(str(job / f'run{r}')).step for r in range(3)] == [4] * 3
 
 
 def test_num_runs_one_is_the_plain_program(data_dir, tmp_path, monkeypatch):
