@@ -74,7 +74,17 @@ def restore_params(config, model, workdir: str, step: int | None = None, *,
 
   Args:
     sharding: where the params go (default: replicated over all devices).
+
+  Raises:
+    ValueError: `config` is that of a job of `train.num_runs` > 1 runs,
+      whose checkpoints are per run, in `<workdir>/run{r}`.
   """
+  num_runs = int(config.get('train', {}).get('num_runs', 1))
+  if num_runs != 1:
+    raise ValueError(
+        f'{workdir} is a job of train.num_runs={num_runs} runs: each run has'
+        f' its own directory and checkpoints, {workdir}/run0 ..'
+        f' {workdir}/run{num_runs - 1}; evaluate or load one of those')
   checkpointing.quiet_orbax()
   if sharding is None:
     sharding = parallel.replicated(parallel.make_mesh())

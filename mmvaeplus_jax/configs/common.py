@@ -94,6 +94,17 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,  # global batch, split over devices and hosts
+      # S independent runs in one compiled program (training/loop.py:
+      # train_runs): run r is the separate run with seed `seed + r` (its own
+      # init, noise and data order), the train step vmapped over a leading
+      # run axis of the state and of the batch [S, B, ...]; run r's outputs
+      # (checkpoints, config.json, metrics.json) in <workdir>/run{r}, mean
+      # and std across runs in <workdir>/metrics.json. 1: one run, no run
+      # axis (the program of a plain run).
+      num_runs=1,
+      # With num_runs > 1: run r's objective.beta, comma-separated (one per
+      # run, e.g. '0.5,1,2.5'); '' = objective.beta for every run.
+      run_betas='',
       # Examples per device per call of the gradient (the step sums the
       # calls' gradients: same noise, loss and gradient up to float32
       # reassociation; training/microbatch.py:resolve_microbatch): -1 automatic

@@ -31,6 +31,12 @@ def data_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def run_data_sharding(mesh) -> NamedSharding:
+  """A batch of S runs [S, B, ...]: the run axis whole on every device,
+  B sharded on 'data' (as `data_sharding`'s)."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -62,6 +68,16 @@ def global_batch(mesh, local_batch):
   """Host-local numpy batch -> global jax.Arrays sharded on 'data'."""
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def global_run_batch(mesh, local_batch):
+  """Host-local numpy batches of S runs [S, B_local, ...] -> global
+  jax.Arrays [S, B, ...] sharded on B (`run_data_sharding`)."""
+  sharding = run_data_sharding(mesh)
+  p = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(
+      sharding, v, (v.shape[0], v.shape[1] * p) + v.shape[2:])
           for k, v in local_batch.items()}
 
 

@@ -31,10 +31,16 @@
   ends as a finished run with `stopped_at_time_limit` in its metrics;
 * stops with `NonFiniteError` after `max_consecutive_nonfinite` skipped
   updates, without saving, so the last good checkpoint stays the latest.
+
+With `train.num_runs = S > 1` it hands over to `train_runs`: S independent
+runs in one compiled program (run r = the separate run of `run_config(config,
+r)`, seed `seed + r`), each with its own run directory `run_workdir(workdir,
+r)`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -188,7 +194,11 @@ def train_and_evaluate(config, workdir: str, *,
     ValueError: `train.final_coherence` (or `train.curve_start_examples`)
       is set but no final (curve) evaluator was handed over.
   """
+  if int(config.train.get('num_runs', 1)) != 1:
+    return train_runs(config, workdir, final_evals=final_evals,
+                      curve_evals=curve_evals)
   t_begin = time.time()
+  run_betas(config)  # none with num_runs = 1 (ValueError)
   if config.train.final_coherence and not final_evals:
     raise ValueError(
         'config.train.final_coherence is set but train_and_evaluate was'
@@ -439,3 +449,346 @@ def _flatten(d, prefix=''):
     else:
       out[f'{prefix}{k}'] = v
   return out
+
+
+# ------------------------------------------------------ S runs in one program
+
+
+def run_betas(config) -> list[float] | None:
+  """The runs' betas of `train.run_betas` (None: '' = `objective.beta`).
+
+  Raises:
+    ValueError: not one float per run (`train.num_runs`), or set with
+      num_runs = 1.
+  """
+  text = str(config.train.get('run_betas', '') or '').strip()
+  if not text:
+    return None
+  num_runs = int(config.train.num_runs)
+  try:
+    betas = [float(x) for x in text.split(',')]
+  except ValueError:
+    raise ValueError(
+        f'train.run_betas={text!r} must be comma-separated floats, one per'
+        ' run') from None
+  if num_runs == 1 or len(betas) != num_runs:
+    raise ValueError(
+        f'train.run_betas={text!r} gives {len(betas)} betas for'
+        f' train.num_runs={num_runs} runs: give one per run (with'
+        ' num_runs = 1 set objective.beta instead), or \'\' for'
+        ' objective.beta in every run')
+  return betas
+
+
+def run_config(config, r: int):
+  """Run r's own config in a job of `train.num_runs` runs: seed `seed + r`,
+  `objective.beta` its entry of `train.run_betas` (if set), `num_runs` 1,
+  `run_betas` '', the rest as `config`: the config of the separate run that
+  run r equals (what its `config.json` holds, so `load_run` and `eval.py`
+  treat it as a plain run)."""
+  betas = run_betas(config)
+  c = copy.deepcopy(config)
+  c.seed = int(config.seed) + int(r)
+  if betas is not None:
+    c.objective.beta = betas[r]
+  c.train.num_runs = 1
+  c.train.run_betas = ''
+  return c
+
+
+def run_workdir(workdir: str, r: int) -> str:
+  """Run r's directory in a job of `train.num_runs` runs."""
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), f'run{r}')
+
+
+def _check_runs(config) -> int:
+  tc = config.train
+  num_runs = int(tc.num_runs)
+  if num_runs < 1:
+    raise ValueError(
+        f'train.num_runs={num_runs} must be >= 1 (the number of runs, seeds'
+        ' seed .. seed + num_runs - 1, trained at once)')
+  if tc.curve_start_examples > 0:
+    raise ValueError(
+        f'train.num_runs={num_runs} does not evaluate learning curves'
+        ' (train.curve_start_examples > 0): set --config.train.'
+        'curve_start_examples=0, or train the runs separately')
+  return num_runs
+
+
+def _across_runs(per_run: list[dict]) -> dict:
+  """{'mean': {k: mean}, 'std': {k: std (ddof 1)}} over the runs of the
+  numeric metrics every run has."""
+  keys = [k for k in per_run[0]
+          if all(isinstance(m.get(k), (int, float))
+                 and not isinstance(m.get(k), bool) for m in per_run)]
+  values = {k: np.asarray([m[k] for m in per_run], np.float64) for k in keys}
+  ddof = 1 if len(per_run) > 1 else 0
+  return {'mean': {k: float(v.mean()) for k, v in values.items()},
+          'std': {k: float(v.std(ddof=ddof)) for k, v in values.items()}}
+
+
+def train_runs(config, workdir: str, *,
+               final_evals: Sequence[FinalEval] = (),
+               curve_evals: Sequence[CurveEval] = ()):
+  """Trains S = `train.num_runs` independent runs at once in `workdir`.
+
+  Run r is the separate run of `run_config(config, r)` (seed `seed + r`,
+  and beta its entry of `train.run_betas` if set: then a traced [S] input
+  of the step in place of the static `objective.beta`):
+  its init key, its step noise (`train_step`'s `fold_in(base_key, step)`
+  from its own base key) and its data order (`pipeline.iterate` with its
+  seed) are that run's, so its parameters are the separate run's up to
+  float32 reassociation (the vmapped program may order sums differently;
+  tests/num_runs_test.py). One compiled step (`step.jit_train_steps`)
+  trains all S on a state with a leading run axis and a batch [S, B, ...];
+  on several devices the state (run axis included) is replicated and each
+  run's batch sharded over 'data', as in a plain run.
+
+  Outputs: run r's directory `run_workdir(workdir, r)` holds what a plain
+  run's does (config.json of `run_config(config, r)`, checkpoints/ of its
+  slice of the state as a plain state, metrics.json, TensorBoard events,
+  sample grids), so `load_run` and `eval.py` read one run alone.
+  `workdir/metrics.json` holds every run's final metrics (`runs`) and their
+  `mean` and `std` (ddof 1) across runs. Restarting the job resumes all S
+  from their checkpoints (they must be at the same step).
+
+  As `train_and_evaluate` for a plain run: eval bound and grids every
+  `eval_every_steps`, checkpoints, SIGTERM, `max_train_seconds`, non-finite
+  streaks (any run's stops the job), `final_evals` per run (with its
+  config, directory and eval key). Not supported: learning curves
+  (`train.curve_start_examples > 0`) and microbatches (ValueError).
+
+  Returns:
+    The summary dict (also written to `workdir/metrics.json`).
+  """
+  t_begin = time.time()
+  num_runs = _check_runs(config)
+  if config.train.final_coherence and not final_evals:
+    raise ValueError(
+        'config.train.final_coherence is set but train_runs was handed no'
+        ' final evaluator: call mmvaeplus_jax.experiments.train.train(config,'
+        ' workdir) (what train.py does)')
+  del curve_evals  # refused above (no curve with num_runs > 1)
+  checkpointing.quiet_orbax()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  rundir.save_config(config, workdir)
+  configs = [run_config(config, r) for r in range(num_runs)]
+  dirs = [run_workdir(workdir, r) for r in range(num_runs)]
+  for c, d in zip(configs, dirs):
+    os.makedirs(d, exist_ok=True)
+    rundir.save_config(c, d)
+  seeds = [int(c.seed) for c in configs]
+  tc = config.train
+  model = models.get_model(config.model)
+  tx = train_state.make_optimizer(config.optim)
+  train_src, eval_src = sources.load_sources(config.data)
+  sources.check_model_data(config.data, config.model)
+  keys = tuple(model.names) + ('label',)
+  train_src, eval_src = (pipeline.Select(s, keys)
+                         for s in (train_src, eval_src))
+  num_steps = total_steps(tc, len(train_src))
+
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(tc.batch_size, mesh)
+  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
+                           mesh.devices.size)
+  repl = parallel.replicated(mesh)
+  betas = run_betas(config)
+  train_fn = step_lib.jit_train_steps(config, model, tx, mesh,
+                                      per_run_beta=betas is not None)
+  if betas is not None:
+    beta_args = (parallel.replicate(mesh, np.asarray(betas, np.float32)),)
+  else:
+    beta_args = ()
+
+  run_keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
+  init_keys = [k[0] for k in run_keys]
+  eval_keys = [k[2] for k in run_keys]
+  train_keys = parallel.replicate_key(
+      mesh, jax.random.wrap_key_data(
+          np.stack([np.asarray(jax.random.key_data(k[1])) for k in run_keys]),
+          impl=jax.random.key_impl(run_keys[0][0])))
+
+  examples = [pipeline.host_batch(train_src, 0, seed=s,
+                                  global_batch=tc.batch_size) for s in seeds]
+  init_fn = functools.partial(train_state.init_state, model=model, tx=tx)
+  abstract = checkpointing.abstract_with_shardings(
+      jax.eval_shape(init_fn, init_keys[0], examples[0]), repl)
+  managers = [checkpointing.make_manager(
+      os.path.join(d, 'checkpoints'), max_to_keep=tc.keep_checkpoints)
+              for d in dirs]
+  latest = [m.latest_step() for m in managers]
+  if all(s is None for s in latest):
+    init = jax.jit(init_fn, out_shardings=repl)
+    states = [init(k, jax.tree.map(jnp.asarray, e))
+              for k, e in zip(init_keys, examples)]
+  elif len(set(latest)) == 1:
+    states = [checkpointing.restore(m, abstract) for m in managers]
+    logging.info('Resumed %d runs from step %d in %s', num_runs, latest[0],
+                 workdir)
+  else:
+    raise ValueError(
+        f'the runs of {workdir} have their latest checkpoints at different'
+        f' steps {latest} (a job of train.num_runs={num_runs} saves all runs'
+        ' at the same steps): restore their checkpoints, or use a new'
+        ' --workdir')
+  del examples
+  stack = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s),
+                  out_shardings=repl)
+  take = jax.jit(lambda s, r: jax.tree.map(lambda x: x[r], s),
+                 out_shardings=repl)
+  state = stack(*states)
+  del states
+  start = int(state.step[0])
+  summary_path = os.path.join(workdir, 'metrics.json')
+  if start >= num_steps:
+    logging.warning('%s already holds finished runs (step %d of %d); '
+                    'nothing to train.', workdir, start, num_steps)
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        return json.load(f)
+    return {'step': start}
+
+  eval_fns = {}  # one per distinct beta (static in eval_step)
+  for c in configs:
+    o = c.objective
+    if o.beta not in eval_fns:
+      eval_fns[o.beta] = jax.jit(functools.partial(
+          step_lib.eval_step, model=model, num_samples=o.num_samples,
+          beta=o.beta,
+          options=tuple(models.objective_options(o, model).items())))
+  is_main = jax.process_index() == 0
+  run_writers = [writers.create_writer(d, just_logging=not is_main)
+                 for d in dirs]
+  if start == 0:
+    for c, w in zip(configs, run_writers):
+      w.write_hparams(_flatten(c.to_dict()))
+  logging.info('Training %d runs (seeds %d..%d) %d -> %d steps on %d devices'
+               ' (%d processes), global batch %d per run, workdir %s',
+               num_runs, seeds[0], seeds[-1], start, num_steps,
+               mesh.devices.size, jax.process_count(), tc.batch_size, workdir)
+
+  history, summaries = [], [{} for _ in range(num_runs)]
+  pending = None
+  bar = tqdm.tqdm(total=num_steps, initial=start, disable=not is_main,
+                  unit='step', dynamic_ncols=True)
+  t_log = t_start = time.time()
+  out_of_time = False
+
+  def drain(pending):
+    step_done, metrics = pending
+    metrics = jax.device_get(metrics)  # every value [S]
+    history.append(metrics)
+    streak = metrics['train/nonfinite_consecutive']
+    bad = [r for r in range(num_runs)
+           if streak[r] >= tc.max_consecutive_nonfinite]
+    if bad:
+      for m in managers:
+        m.wait_until_finished()
+      raise NonFiniteError(
+          f'{int(streak[bad[0]])} consecutive steps with a non-finite loss'
+          f' or gradient in run(s) {bad} (seeds {[seeds[r] for r in bad]};'
+          f' last at step {step_done}): their updates were skipped, so the'
+          f' checkpoints in {workdir}/run*/checkpoints hold the last good'
+          ' parameters. Lower optim.lr or check the data.')
+    return metrics
+
+  def save(done):
+    for r, m in enumerate(managers):
+      checkpointing.save(m, done, take(state, jnp.int32(r)))
+
+  with _Sigterm() as sigterm:
+    streams = [pipeline.iterate(
+        train_src, start, num_steps, seed=s, global_batch=tc.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(), prefetch=config.data.prefetch)
+               for s in seeds]
+    for items in zip(*streams):
+      step = items[0][0]
+      local = {k: np.stack([b[k] for _, b in items]) for k in items[0][1]}
+      batch = parallel.global_run_batch(mesh, local)
+      state, metrics = train_fn(state, batch, train_keys, *beta_args)
+      if pending is not None:
+        last = drain(pending)
+        bar.set_postfix(loss=f'{float(np.mean(last["train/loss"])):.1f}',
+                        refresh=False)
+      pending = (step + 1, metrics)
+      bar.update(1)
+      done = step + 1
+      if done % tc.log_every_steps == 0 or done == num_steps:
+        drain(pending)
+        pending = None
+        rate = len(history) / (time.time() - t_log)
+        for r in range(num_runs):
+          scalars = {k: float(np.mean([h[k][r] for h in history]))
+                     for k in history[-1] if 'nonfinite' not in k}
+          scalars['train/nonfinite_steps'] = int(
+              history[-1]['train/nonfinite_steps'][r])
+          scalars['train/steps_per_sec'] = rate
+          run_writers[r].write_scalars(done, scalars)
+          summaries[r].update(scalars)
+        history, t_log = [], time.time()
+        if tc.max_train_seconds > 0 and done < num_steps:
+          out_of_time = _agree(t_log - t_start > tc.max_train_seconds)
+      if out_of_time:
+        num_steps = done
+      if done % tc.eval_every_steps == 0 or done == num_steps:
+        for r in range(num_runs):
+          summaries[r].update(_evaluate(
+              configs[r], dirs[r], done, model,
+              take(state, jnp.int32(r)).params,
+              eval_fns[configs[r].objective.beta], eval_src,
+              eval_keys[r], mesh, run_writers[r]))
+      if (done % tc.checkpoint_every_steps == 0 or done == num_steps
+          or sigterm.received):
+        save(done)
+      if sigterm.received:
+        for m in managers:
+          m.wait_until_finished()
+        logging.warning('Stopped by SIGTERM after step %d; checkpoints'
+                        ' saved.', done)
+        break
+      if out_of_time:
+        logging.warning('Stopped after step %d: %.0f s of training reached'
+                        ' train.max_train_seconds=%g; checkpoints saved.',
+                        done, time.time() - t_start, tc.max_train_seconds)
+        break
+    if pending is not None:
+      drain(pending)
+  bar.close()
+  for m in managers:
+    m.wait_until_finished()
+  final_step = int(state.step[0])
+  for r in range(num_runs):
+    run_state = take(state, jnp.int32(r))
+    for final_eval in final_evals if not sigterm.received else ():
+      out = final_eval(configs[r], dirs[r], model, run_state.params,
+                       train_src, eval_src,
+                       jax.random.fold_in(eval_keys[r], num_steps), mesh)
+      run_writers[r].write_scalars(final_step, out)
+      summaries[r].update(out)
+    run_writers[r].flush()
+    summaries[r]['step'] = final_step
+    summaries[r]['train/nonfinite_steps'] = int(run_state.nonfinite_total)
+    summaries[r]['interrupted'] = (bool(sigterm.received)
+                                   and final_step < num_steps)
+    summaries[r]['stopped_at_time_limit'] = out_of_time
+    summaries[r]['seed'] = seeds[r]
+    if is_main:
+      with open(os.path.join(dirs[r], 'metrics.json'), 'w') as f:
+        json.dump(summaries[r], f, indent=2, sort_keys=True)
+  summary = _across_runs(
+      [{k: v for k, v in m.items() if k not in ('step', 'seed')}
+       for m in summaries])
+  summary.update(
+      step=final_step, num_runs=num_runs, seeds=seeds,
+      runs={os.path.basename(d): m for d, m in zip(dirs, summaries)},
+      interrupted=summaries[0]['interrupted'],
+      stopped_at_time_limit=out_of_time,
+      train_seconds=time.time() - t_begin)
+  if is_main:
+    with open(summary_path, 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+  return summary

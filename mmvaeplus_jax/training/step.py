@@ -7,7 +7,8 @@ reaches the parameters: the update is skipped (params and optimiser state
 kept), and counted in `nonfinite_consecutive` / `nonfinite_total`
 (`update.apply_gradients`, shared with the microbatched step of
 `microbatch.py`).
-`jit_train_step` compiles one call or the microbatches.
+`jit_train_step` compiles one call or the microbatches; `jit_train_steps`
+the step of S runs at once (`train.num_runs`), vmapped over a run axis.
 """
 
 from __future__ import annotations
@@ -111,6 +112,16 @@ def make_train_step(config, model, tx):
       options=tuple(models.objective_options(o, model).items()))
 
 
+def _microbatch_size(config, model, mesh) -> int:
+  return microbatch.resolve_microbatch(
+      config.train.get('microbatch_size', -1),
+      config.train.batch_size // mesh.devices.size,
+      num_samples=config.objective.num_samples,
+      num_modalities=model.num_modalities,
+      platform=mesh.devices.flat[0].platform,
+      limits=models.cpu_microbatch_limits(config.model))
+
+
 def jit_train_step(config, model, tx, mesh):
   """The trainer's compiled step: state replicated and donated, batch sharded.
 
@@ -120,13 +131,7 @@ def jit_train_step(config, model, tx, mesh):
   automatic on CPU for full-width PolyMNIST batches above 16 examples) it is
   a `microbatch.MicrobatchedTrainStep`, else one `jax.jit` of `train_step`.
   """
-  size = microbatch.resolve_microbatch(
-      config.train.get('microbatch_size', -1),
-      config.train.batch_size // mesh.devices.size,
-      num_samples=config.objective.num_samples,
-      num_modalities=model.num_modalities,
-      platform=mesh.devices.flat[0].platform,
-      limits=models.cpu_microbatch_limits(config.model))
+  size = _microbatch_size(config, model, mesh)
   if size:
     return microbatch.MicrobatchedTrainStep(config, model, tx, mesh, size)
   repl = parallel.replicated(mesh)
@@ -134,3 +139,40 @@ def jit_train_step(config, model, tx, mesh):
       make_train_step(config, model, tx),
       in_shardings=(repl, parallel.data_sharding(mesh), repl),
       out_shardings=(repl, repl), donate_argnums=0)
+
+
+def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False):
+  """S = `train.num_runs` independent train steps as one compiled program.
+
+  `(states, batches, base_keys) -> (states, metrics)`: `train_step` vmapped
+  over a leading run axis of every leaf of the state [S, ...], of the batch
+  [S, B, ...] and of the base keys [S]; every metric comes out as [S]. The
+  state (run axis included) is replicated and donated, the batch sharded on
+  its B axis over 'data' as `jit_train_step`'s (`parallel.
+  run_data_sharding`). With `per_run_beta` the step takes a fourth argument,
+  the runs' betas [S] (float32, traced; `train.run_betas`), in place of the
+  static `objective.beta`.
+
+  Raises:
+    ValueError: the config asks for microbatches (`train.microbatch_size`,
+      automatic on CPU for full-width PolyMNIST): not vmapped.
+  """
+  size = _microbatch_size(config, model, mesh)
+  if size:
+    raise ValueError(
+        f'train.num_runs={config.train.num_runs} runs one vmapped program and'
+        f' does not support microbatches (train.microbatch_size resolves to'
+        f' {size} examples per call here): set --config.train.'
+        'microbatch_size=0, or train the runs separately')
+  repl = parallel.replicated(mesh)
+  fn = make_train_step(config, model, tx)
+  shardings = (repl, parallel.run_data_sharding(mesh), repl)
+  if per_run_beta:
+    fn = functools.partial(_with_beta, fn)
+    shardings += (repl,)
+  return jax.jit(jax.vmap(fn), in_shardings=shardings,
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+def _with_beta(fn, state, batch, base_key, beta):
+  return fn(state, batch, base_key, beta=beta)
