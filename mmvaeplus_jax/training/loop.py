@@ -588,6 +588,9 @@ def train_runs(config, workdir: str, *,
   keys = tuple(model.names) + ('label',)
   train_src, eval_src = (pipeline.Select(s, keys)
                          for s in (train_src, eval_src))
+  # Missing modalities: the same train mask for every run (data.missing_seed
+  # is the data's, as in S separate runs).
+  train_src = sources.with_missing(config.data, train_src, model.names)
   num_steps = total_steps(tc, len(train_src))
 
   mesh = parallel.make_mesh()
