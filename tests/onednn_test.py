@@ -182,7 +182,8 @@ def _objective(impl, vmap_modalities=False, program=False):
 @needs_onednn
 @pytest.mark.parametrize(
     'vmap_modalities',
-    [False, pytest.param(True, marks=pytest.mark.slow)])  # 20 s: slow suite
+    [pytest.param(False, marks=pytest.mark.slow),  # ~35 s: slow suite (the
+     pytest.param(True, marks=pytest.mark.slow)])  # layers stay in default)
 def test_model_objective_and_gradient_match_xla(vmap_modalities):
   """The whole MMVAE+ DReG objective with every convolution on oneDNN
   against XLA's: same bound and gradient up to float32 reassociation.

@@ -169,6 +169,7 @@ def _run(tmp_path, setting):
   return info['convolutions'], dict(np.load(out))
 
 
+@pytest.mark.slow  # ~60 s (two subprocesses, each compiling a model)
 def test_eigen_equals_ynnpack_within_reassociation(tmp_path):
   """Both backends, each in its own process (XLA reads its flags once):
   every layer kind's value, input gradient and weight gradient within the
