@@ -29,6 +29,13 @@ Studies (`get_study(arg)`, arg =
   (`train_s`, default 7,200 s, `train.max_train_seconds`: compilation and
   the curve's own evaluations included), a denser learning curve (8k
   examples, then x sqrt(2)), then the fig1 evaluators;
+* `missing` (issue 29, item 1: missing modalities): MMVAE+ (dim_w 4) and
+  MoPoE-VAE trained with each modality of each train example missing with
+  probability `rate` (default 0.5, `data.missing_rate`, MCAR, at least
+  one kept), the pilot's recipe otherwise (lr 3e-3, its budget, its curve
+  and end-of-run coherence on the complete test set), one seed: compared
+  with the pilot's fully observed cells `mmvaeplus_w4_lr0.003` and
+  `mopoe_lr0.003`;
 * `tiny`: MMVAE+ and MMVAE, 2 seeds, a few steps on the offline `mini`
   data (the driver's test and a quick try).
 
@@ -150,7 +157,7 @@ def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
 def get_study(arg=None):
   a = common.parse_arg(arg, variant='fig1', steps=4000, seeds=3,
                        width=0.125, batch=8, lr=3e-3, family='normal',
-                       dim_w=4, train_s=7200.0)
+                       dim_w=4, train_s=7200.0, rate=0.5)
   seeds = tuple(range(a.seeds))
   kw = dict(steps=a.steps, width=a.width, batch=a.batch, lr=a.lr,
             family=a.family)
@@ -164,15 +171,24 @@ def get_study(arg=None):
     cells = [_cell(f'mmjsd_w{d}', 'mmjsd', 1.0, dim_w=d, **kw)
              for d in (4, 16, 32)]
     cells.append(_cell('mmvaeplus_w32', 'mmvaeplus', 1.0, dim_w=32, **kw))
-  elif a.variant == 'pilot':
+  elif a.variant in ('pilot', 'missing'):
     if not (arg and 'steps=' in arg):
       kw['steps'] = 8000
-    kw.pop('lr')
-    cells = [_cell(f'mmvaeplus_w{d}_lr{lr:g}', 'mmvaeplus', 1.0, dim_w=d,
-                   lr=lr, **kw)
-             for lr in PILOT_LRS for d in PILOT_DIM_W]
-    cells += [_cell(f'{m}_lr{lr:g}', m, 1.0, lr=lr, **kw)
-              for m in PILOT_MODELS for lr in PILOT_LRS]
+    if a.variant == 'pilot':
+      kw.pop('lr')
+      cells = [_cell(f'mmvaeplus_w{d}_lr{lr:g}', 'mmvaeplus', 1.0, dim_w=d,
+                     lr=lr, **kw)
+               for lr in PILOT_LRS for d in PILOT_DIM_W]
+      cells += [_cell(f'{m}_lr{lr:g}', m, 1.0, lr=lr, **kw)
+                for m in PILOT_MODELS for lr in PILOT_LRS]
+    else:
+      if not 0.0 < a.rate < 1.0:
+        raise ValueError(f'missing: rate must be in (0, 1), got {a.rate}')
+      cells = [_cell(f'mmvaeplus_w4_missing{a.rate:g}', 'mmvaeplus', 1.0,
+                     dim_w=4, **kw),
+               _cell(f'mopoe_missing{a.rate:g}', 'mopoe', 1.0, **kw)]
+      for cell in cells:
+        cell.config.data.missing_rate = a.rate
     for cell in cells:
       cell.config.train.update(curve_start_examples=CURVE_START,
                                checkpoint_every_steps=1000)
@@ -201,10 +217,12 @@ def get_study(arg=None):
     seeds = seeds[:2] if a.seeds == 3 else seeds
   else:
     raise ValueError(
-        f'unknown study {a.variant!r}: fig1, fig2, pilot, headline or tiny')
+        f'unknown study {a.variant!r}: fig1, fig2, pilot, missing, headline'
+        ' or tiny')
   return records.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
                        METRICS,
                        classifier_epochs=2 if a.variant == 'tiny' else None,
-                       rescore=() if a.variant in ('tiny', 'pilot', 'headline')
+                       rescore=() if a.variant in ('tiny', 'pilot', 'missing',
+                                                 'headline')
                        else RESCORE,
                        published=PUBLISHED.get(a.variant, ()))

@@ -534,6 +534,31 @@ def test_pilot_study_definition():
   assert {c.config.train.num_steps for c in short.cells} == {100}
 
 
+def test_missing_study_is_the_pilot_with_modalities_missing():
+  """studies/polymnist_cpu.py:missing: each cell's config is the pilot's
+  fully observed comparison cell with `data.missing_rate` set, nothing else
+  changed (the documented comparison reads those pilot records)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
+  pilot = {c.name: c.config for c in records_lib.load_study(
+      str(studies / 'polymnist_cpu.py') + ':pilot').cells}
+  study = records_lib.load_study(str(studies / 'polymnist_cpu.py')
+                                 + ':missing')
+  assert study.seeds == (0,) and study.rescore == ()
+  pairs = {'mmvaeplus_w4_missing0.5': 'mmvaeplus_w4_lr0.003',
+           'mopoe_missing0.5': 'mopoe_lr0.003'}
+  assert [c.name for c in study.cells] == list(pairs)
+  for cell in study.cells:
+    c = cell.config
+    assert c.data.missing_rate == 0.5
+    want = pilot[pairs[cell.name]].to_dict()
+    want['data']['missing_rate'] = 0.5
+    assert c.to_dict() == want
+  with pytest.raises(ValueError, match='rate must be in'):
+    records_lib.load_study(str(studies / 'polymnist_cpu.py')
+                           + ':missing,rate=0')
+
+
 def test_headline_study_definition():
   """studies/polymnist_cpu.py:headline: one MMVAE+ run sized by wall time,
   with a learning curve, scored with the study's kept classifiers."""
