@@ -81,19 +81,22 @@ def test_dtype_config_errors():
     pytest.param('mmjsd', None, marks=pytest.mark.slow),
     pytest.param('dmvae', None, marks=pytest.mark.slow)])
 def test_float64_program_is_all_float64(kind, estimator):
-  """The objective's and its gradient's jaxprs hold no float but float64."""
+  """The objective's and its gradient's jaxprs hold no float but float64,
+  with and without a modality mask."""
   with jax.enable_x64(True):
     model = _small(kind, remat=True)  # remat: the lax.map / checkpoint path
     batch = _batch(model, 2, jnp.float64)
     params = model.init(jax.random.key(0), batch)
     assert {x.dtype for x in jax.tree.leaves(params)} == {F64}
 
-    def loss(p):
-      return model.objective(jax.random.key(1), p, batch, num_samples=2,
-                             estimator=estimator).mean()
+    for mask in (None, jnp.asarray([[True, False], [True, True]])):
 
-    assert _float_dtypes(jax.make_jaxpr(loss)(params)) == {F64}
-    assert _float_dtypes(jax.make_jaxpr(jax.grad(loss))(params)) == {F64}
+      def loss(p, mask=mask):
+        return model.objective(jax.random.key(1), p, batch, num_samples=2,
+                               estimator=estimator, mask=mask).mean()
+
+      assert _float_dtypes(jax.make_jaxpr(loss)(params)) == {F64}
+      assert _float_dtypes(jax.make_jaxpr(jax.grad(loss))(params)) == {F64}
 
 
 @pytest.mark.slow
