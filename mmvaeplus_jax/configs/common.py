@@ -64,6 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
       # 'float32' or 'bfloat16': compute dtype of the networks' Conv / Dense
       # (float32 master params; likelihoods, bound and optimiser in float32).
       compute_dtype='float32',
+      # 'float32' (default) or 'float64' (PolyMNIST models; needs
+      # jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1, and
+      # compute_dtype 'float32'): params, networks, noise, priors, densities,
+      # bound and gradients all in float64, for exact checks.
+      dtype='float32',
       remat=False,  # decoders per K-slice, rematerialised: memory flat in K
       vmap_modalities=False,  # equal networks as one vmapped (grouped) call
       # Rows per slice of the convolutions' weight gradient (models/conv.py):

@@ -18,6 +18,7 @@ Names (`config.model.name`):
 
 from __future__ import annotations
 
+from mmvaeplus_jax.models import base
 from mmvaeplus_jax.models import cub
 from mmvaeplus_jax.models import dmvae
 from mmvaeplus_jax.models import mnist_svhn
@@ -25,6 +26,8 @@ from mmvaeplus_jax.models import polymnist
 
 MODEL_NAMES = ('polymnist_mmvaeplus', 'polymnist_mmvae', 'polymnist_mvae',
                'polymnist_mopoe', 'polymnist_mmjsd', 'polymnist_dmvae')
+# The models `model.dtype='float64'` supports.
+FLOAT64_MODEL_NAMES = MODEL_NAMES
 
 _GAUSSIAN = {'polymnist_mvae': 'mvae', 'polymnist_mopoe': 'mopoe',
              'polymnist_mmjsd': 'mmjsd', 'polymnist_dmvae': 'dmvae'}
@@ -88,6 +91,11 @@ def cpu_microbatch_limits(config):
 
 def get_model(config):
   """Builds the model a `config.model` section names."""
+  dtype = base.check_dtype(config.get('dtype', 'float32'))
+  if dtype != 'float32' and config.name not in FLOAT64_MODEL_NAMES:
+    raise ValueError(
+        f"model.dtype={dtype!r} is supported by the PolyMNIST models"
+        f" {FLOAT64_MODEL_NAMES} only, got model.name {config.name!r}")
   if config.name in MNIST_SVHN_MODEL_NAMES:
     return _get_mnist_svhn_model(config)
   if config.name in CUB_MODEL_NAMES:
@@ -96,7 +104,7 @@ def get_model(config):
       num_modalities=config.num_modalities,
       names=config.modalities, dim_z=config.dim_z,
       width=config.width, likelihood_scale=config.likelihood_scale,
-      compute_dtype=config.compute_dtype, remat=config.remat,
+      compute_dtype=config.compute_dtype, dtype=dtype, remat=config.remat,
       vmap_modalities=config.vmap_modalities,
       conv_wgrad_chunk=config.conv_wgrad_chunk, conv_impl=config.conv_impl)
   if config.name == 'polymnist_mmvaeplus':

@@ -94,6 +94,28 @@ class Modality:
   likelihood_scale: float = 1.0
 
 
+DTYPES = ('float32', 'float64')
+
+
+def check_dtype(dtype, key: str = 'model.dtype') -> str:
+  """Validates a model dtype name ('float32' or 'float64'); returns it.
+
+  Raises:
+    ValueError: naming `key`, for an unknown name, or for 'float64' while
+      `jax_enable_x64` is off (JAX would silently compute in float32).
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f'{key} must be one of {DTYPES}, got {dtype!r}')
+  if dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise ValueError(
+        f"{key}='float64' needs 64-bit JAX: call"
+        " jax.config.update('jax_enable_x64', True) before building the model"
+        ' (or set the environment variable JAX_ENABLE_X64=1, or use the'
+        ' `jax.enable_x64()` context); without it arrays would silently be'
+        ' float32')
+  return dtype
+
+
 def uniform_from_noise(family, eps) -> Array:
   """U(0, 1) values from standardised noise of `family`, by its CDF."""
   if family == 'normal':
@@ -122,6 +144,9 @@ class MultimodalVAE:
     dim_z: shared latent size.
     family: 'laplace' or 'normal': posteriors and the fixed priors.
     eta: floor added to every scale (official 1e-20).
+    dtype: 'float32' (default) or 'float64' (needs `jax_enable_x64`): the
+      floating dtype of the params, noise, prior scales, densities and
+      bound (`check_dtype`; the networks must be built in it too).
   """
 
   modalities: tuple[Modality, ...]
@@ -129,6 +154,7 @@ class MultimodalVAE:
   dim_z: int
   family: distributions.Family = 'laplace'
   eta: float = 1e-20
+  dtype: str = 'float32'
 
   # Estimators `objective` accepts, the default first.
   estimators = ('iwae',)
@@ -147,6 +173,7 @@ class MultimodalVAE:
       raise ValueError(
           f'family must be one of {distributions.FAMILIES}, got'
           f' {self.family!r}')
+    check_dtype(self.dtype, 'dtype')
     if self.dim_w < 0 or self.dim_z < 1:
       raise ValueError(
           f'need dim_w >= 0 and dim_z >= 1, got dim_w={self.dim_w},'
@@ -173,7 +200,7 @@ class MultimodalVAE:
 
   def prior_scale(self, dim: int):
     """Scale of the fixed priors p(z), p(w): the scale map at raw = 0."""
-    return self.scale(jnp.zeros((dim,), jnp.float32))
+    return self.scale(jnp.zeros((dim,), self.dtype))
 
   def check_estimator(self, estimator):
     """Resolves `None` to the default estimator; raises on unknown ones."""

@@ -112,7 +112,7 @@ class GaussianMultimodalVAE(networks.NetworkVAE):
     return int(num_samples)
 
   def normal(self, key, shape):
-    return jax.random.normal(key, shape, jnp.float32)
+    return jax.random.normal(key, shape, self.dtype)
 
   def log_likelihood(self, params, batch, name: str, u, present=None):
     """lambda_d log p_theta_d(x_d | u) for one modality d.

@@ -100,7 +100,7 @@ class MMVAEPlus(networks.NetworkVAE):
     which orbax cannot save)."""
     params = super().init(key, batch)
     if self.dim_w > 0:
-      params['aux_prior'] = {mod.name: jnp.zeros((self.dim_w,), jnp.float32)
+      params['aux_prior'] = {mod.name: jnp.zeros((self.dim_w,), self.dtype)
                              for mod in self.modalities}
     return params
 
@@ -109,7 +109,7 @@ class MMVAEPlus(networks.NetworkVAE):
   def aux_prior_scale(self, params) -> Array:
     """`[M, Dw]` scales of the learned auxiliary priors r_psi_d."""
     if self.dim_w == 0:
-      return jnp.zeros((self.num_modalities, 0), jnp.float32)
+      return jnp.zeros((self.num_modalities, 0), self.dtype)
     psi = jnp.stack([params['aux_prior'][n] for n in self.names])
     return self.scale(psi)
 
@@ -121,7 +121,8 @@ class MMVAEPlus(networks.NetworkVAE):
       )
     m, k, b = self.num_modalities, int(num_samples), int(batch_size)
     kw, kz, ka = jax.random.split(key, 3)
-    noise = lambda key, shape: distributions.noise(self.family, key, shape)
+    noise = lambda key, shape: distributions.noise(self.family, key, shape,
+                                                   self.dtype)
     return types.Noise(
         w=noise(kw, (m, k, b, self.dim_w)),
         z=noise(kz, (m, k, b, self.dim_z)),

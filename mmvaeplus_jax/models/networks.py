@@ -73,7 +73,7 @@ class NetworkVAE(base.MultimodalVAE):
     m = self.num_modalities
     enc_keys = jax.random.split(jax.random.fold_in(key, 0), m)
     dec_keys = jax.random.split(jax.random.fold_in(key, 1), m)
-    u = jnp.zeros((1, self.dim_w + self.dim_z), jnp.float32)
+    u = jnp.zeros((1, self.dim_w + self.dim_z), self.dtype)
     groups: dict[Any, list[int]] = {}
     for i, mod in enumerate(self.modalities):
       sig = (mod.encoder, mod.decoder, tuple(mod.event_shape),
@@ -152,7 +152,7 @@ class NetworkVAE(base.MultimodalVAE):
       ud = u[jnp.asarray(idx)] if len(idx) < self.num_modalities else u
       x = jnp.stack([batch[self.names[i]] for i in idx])  # [G, B, *event]
       lam = jnp.asarray([self.modalities[i].likelihood_scale for i in idx],
-                        jnp.float32)
+                        self.dtype)
 
       one = self.modality_log_likelihood_fn(mod)
       ll = jax.vmap(one)(self._stacked(params, 'decoders', idx), ud, x)

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from mmvaeplus_jax.core import distributions
 from mmvaeplus_jax.input import polymnist_data
+from mmvaeplus_jax.models import base
 from mmvaeplus_jax.models import conv as conv_lib
 from mmvaeplus_jax.models import dmvae
 from mmvaeplus_jax.models import mmjsd
@@ -98,9 +99,15 @@ class _MixedDense(nn.Dense):
     return super().__call__(inputs).astype(self.dtype)
 
 
+def _out_dtype(dtype):
+  """The networks' output dtype: float32 for float32 / bfloat16 compute,
+  float64 in the float64 mode."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _layer(float32_cls, mixed_cls, dtype, **kw):
-  if jnp.dtype(dtype) == jnp.float32:
-    return float32_cls(dtype=jnp.float32, param_dtype=jnp.float32, **kw)
+  if jnp.dtype(dtype) in (jnp.float32, jnp.float64):  # params in `dtype` too
+    return float32_cls(dtype=dtype, param_dtype=dtype, **kw)
   return mixed_cls(dtype=dtype, param_dtype=jnp.float32,
                    promote_dtype=_promote_keep_bias, **kw)
 
@@ -190,7 +197,8 @@ class EncoderBranch(nn.Module):
     loc = _dense(self.latent_dim, h.shape[-1], name='loc', dtype=self.dtype)(h)
     raw = _dense(self.latent_dim, h.shape[-1], name='raw_scale',
                  dtype=self.dtype)(h)
-    return loc.astype(jnp.float32), raw.astype(jnp.float32)
+    out = _out_dtype(self.dtype)
+    return loc.astype(out), raw.astype(out)
 
 
 class Encoder(nn.Module):
@@ -211,7 +219,7 @@ class Encoder(nn.Module):
       loc_w, raw_w = EncoderBranch(self.dim_w, self.width, self.dtype,
                                    self.wgrad_chunk, name='w')(x)
     else:  # no private latent (MMVAE): no w branch at all
-      loc_w = raw_w = jnp.zeros((x.shape[0], 0), jnp.float32)
+      loc_w = raw_w = jnp.zeros((x.shape[0], 0), _out_dtype(self.dtype))
     loc_z, raw_z = EncoderBranch(self.dim_z, self.width, self.dtype,
                                  self.wgrad_chunk, name='z')(x)
     return loc_w, raw_w, loc_z, raw_z
@@ -239,7 +247,7 @@ class Decoder(nn.Module):
     out = _conv(EVENT_SHAPE[-1], 3, c1, name='conv_out', dtype=self.dtype,
                 wgrad_chunk=self.wgrad_chunk)(
         lrelu(h))
-    return out.astype(jnp.float32)  # the likelihood runs in float32
+    return out.astype(_out_dtype(self.dtype))  # likelihood: float32 / 64
 
 
 def image_log_likelihood(x, loc, scale=LIKELIHOOD_SCALE):
@@ -280,6 +288,7 @@ def make_mmvaeplus(
     family: distributions.Family = 'laplace',
     likelihood_scale: float = LIKELIHOOD_SCALE,
     compute_dtype: str = 'float32',
+    dtype: str = 'float32',
     remat: bool = False,
     vmap_modalities: bool = False,
     conv_wgrad_chunk: int = -1,
@@ -293,6 +302,9 @@ def make_mmvaeplus(
       (default 'm0'..'m{M-1}'; e.g. ('m1', 'm3') trains on those two).
     compute_dtype: 'float32' or 'bfloat16': dtype of the networks' Conv /
       Dense compute (parameters, likelihoods and the bound stay float32).
+    dtype: 'float32' or 'float64' (needs `jax_enable_x64`; only with
+      compute_dtype 'float32'): params, networks, noise, densities and the
+      bound all in this dtype (`base.check_dtype`).
     remat: recompute each encoder / decoder application in the backward
       pass instead of storing its activations (`MMVAEPlus.remat`).
     vmap_modalities: see `MMVAEPlus.vmap_modalities`.
@@ -307,10 +319,11 @@ def make_mmvaeplus(
   mods = make_modalities(
       num_modalities=num_modalities, names=names, dim_w=dim_w, dim_z=dim_z,
       width=width, likelihood_scale=likelihood_scale,
-      compute_dtype=compute_dtype, conv_wgrad_chunk=conv_wgrad_chunk,
-      conv_impl=conv_impl)
+      compute_dtype=compute_dtype, dtype=dtype,
+      conv_wgrad_chunk=conv_wgrad_chunk, conv_impl=conv_impl)
   return mmvaeplus.MMVAEPlus(mods, dim_w=dim_w, dim_z=dim_z, family=family,
-                             remat=remat, vmap_modalities=vmap_modalities)
+                             dtype=dtype, remat=remat,
+                             vmap_modalities=vmap_modalities)
 
 
 def make_modalities(
@@ -322,6 +335,7 @@ def make_modalities(
     width: float = 1.0,
     likelihood_scale: float = LIKELIHOOD_SCALE,
     compute_dtype: str = 'float32',
+    dtype: str = 'float32',
     conv_wgrad_chunk: int = -1,
     conv_impl: str = 'xla',
 ) -> tuple[mmvaeplus.Modality, ...]:
@@ -330,7 +344,17 @@ def make_modalities(
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(
         f'compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}')
-  dtype = jnp.dtype(compute_dtype)
+  base.check_dtype(dtype)
+  if dtype == 'float64' and compute_dtype != 'float32':
+    raise ValueError(
+        f"model.dtype='float64' computes everything in float64; it cannot be"
+        f" combined with model.compute_dtype={compute_dtype!r} (leave"
+        " compute_dtype at 'float32')")
+  if dtype == 'float64' and conv_impl != 'xla':
+    raise ValueError(
+        f"model.dtype='float64' needs model.conv_impl='xla' (oneDNN takes"
+        f" float32 operands), got {conv_impl!r}")
+  dtype = jnp.dtype('float64' if dtype == 'float64' else compute_dtype)
   names = modality_names(num_modalities, names)
   chunk = conv_lib.resolve_conv(conv_wgrad_chunk, conv_impl)
   ll = functools.partial(image_log_likelihood, scale=likelihood_scale)
@@ -363,7 +387,7 @@ def make_gaussian_model(
     dim_z: shared latent size.
     remat, vmap_modalities: as `make_mmvaeplus`.
     **modality_kwargs: `make_modalities` arguments (num_modalities, names,
-      width, likelihood_scale, compute_dtype, conv_wgrad_chunk,
+      width, likelihood_scale, compute_dtype, dtype, conv_wgrad_chunk,
       conv_impl).
   """
   classes = {'mvae': mvae.MVAE, 'mopoe': mopoe.MoPoE, 'mmjsd': mmjsd.MMJSD,
@@ -372,4 +396,5 @@ def make_gaussian_model(
     raise ValueError(f'kind must be one of {sorted(classes)}, got {kind!r}')
   mods = make_modalities(dim_w=dim_w, dim_z=dim_z, **modality_kwargs)
   return classes[kind](mods, dim_w=dim_w, dim_z=dim_z, family='normal',
+                       dtype=modality_kwargs.get('dtype', 'float32'),
                        remat=remat, vmap_modalities=vmap_modalities)
