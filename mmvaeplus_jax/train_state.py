@@ -38,11 +38,17 @@ class TrainState:
   nonfinite_total: jax.Array  # [] int32
 
 
-def make_optimizer(optim) -> optax.GradientTransformation:
-  """Adam (AMSGrad by default, as the official recipe) from `config.optim`."""
+def make_optimizer(optim, lr=None) -> optax.GradientTransformation:
+  """Adam (AMSGrad by default, as the official recipe) from `config.optim`.
+
+  `lr` (a float or a traced scalar) replaces `optim.lr`: the optimiser
+  state does not depend on the rate (a constant rate has an empty state),
+  so S runs with their own rates share one state structure (`train.run_lrs`).
+  """
+  lr = optim.lr if lr is None else lr
   if optim.amsgrad:
-    return optax.amsgrad(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  return optax.adam(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    return optax.amsgrad(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  return optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
 
 
 def init_state(key, example_batch, *, model, tx) -> TrainState:

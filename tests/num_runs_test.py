@@ -32,23 +32,61 @@ def _config(data_dir, num_runs=3):
   return c
 
 
-def _recording_tx():
-  """Zero updates; the optimiser state is the last gradient (as in
-  train_test.py: the step's gradient comes out exactly)."""
+def _recording_tx(lr=1.0):
+  """Zero updates; the optimiser state is the last gradient times `lr` (as
+  in train_test.py: the step's gradient comes out exactly; `lr` shows which
+  learning rate a step was given)."""
   return optax.GradientTransformation(
       init=lambda p: jax.tree.map(jnp.zeros_like, p),
-      update=lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+      update=lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g),
+                                   jax.tree.map(lambda x: lr * x, g)))
 
 
-@pytest.mark.parametrize('betas', [
-    '', pytest.param('0.5,1,2.5', marks=pytest.mark.slow)])  # ~60 s each
-def test_vmapped_step_gives_each_runs_loss_and_gradient(data_dir, betas):
+def test_make_optimizer_with_a_traced_rate_is_the_configured_one():
+  """`make_optimizer(optim, lr=traced)` (the per-run rates' path) takes the
+  same steps from the same state structure as `optim.lr = lr`, exactly."""
+  optim = polymnist_configs.get_config('smoke').optim
+  params = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones(4)}
+  grads = [jax.tree.map(lambda x, i=i: jnp.sin(x + i), params)
+           for i in range(3)]
+  for amsgrad in (True, False):
+    optim.amsgrad, optim.lr = amsgrad, 0.003
+    plain = train_state.make_optimizer(optim)
+
+    @jax.jit
+    def traced(lr, state, g):
+      return train_state.make_optimizer(optim, lr=lr).update(g, state)
+
+    s1 = s2 = plain.init(params)
+    assert (jax.tree.structure(s1)
+            == jax.tree.structure(train_state.make_optimizer(
+                optim, lr=0.5).init(params)))
+    for g in grads:
+      u1, s1 = jax.jit(plain.update)(g, s1)
+      u2, s2 = traced(jnp.float32(0.003), s2, g)
+      for x, y in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2))):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('betas,lrs', [
+    ('', '0.5,2,4'),  # traced per-run rates (default suite)
+    pytest.param('0.5,1,2.5', '', marks=pytest.mark.slow),  # ~60 s each
+    pytest.param('', '', marks=pytest.mark.slow)])
+def test_vmapped_step_gives_each_runs_loss_and_gradient(data_dir, betas, lrs,
+                                                        monkeypatch):
   """`jit_train_steps` on S = 3 stacked states, batches and keys (and with
-  `train.run_betas`, the traced betas [S]) vs the plain step of each run's
-  own config (`run_config`: init, data order and noise of seed seed + r,
-  its static beta), over two steps on one device."""
+  `train.run_betas` / `train.run_lrs`, the traced betas / rates [S]) vs
+  the plain step of each run's own config (`run_config`: init, data order
+  and noise of seed seed + r, its static beta, its optimiser of its own
+  rate), over two steps on one device."""
   config = _config(data_dir)
   config.train.run_betas = betas
+  config.train.run_lrs = lrs
+  # The per-run rates' optimiser is `make_optimizer(optim, lr)` inside the
+  # step: recording too, so each run's state is its rate times its gradient.
+  monkeypatch.setattr(
+      train_state, 'make_optimizer',
+      lambda optim, lr=None: _recording_tx(optim.lr if lr is None else lr))
   model = models.get_model(config.model)
   tx = _recording_tx()
   train_src, _ = sources.load_sources(config.data)
@@ -59,15 +97,21 @@ def test_vmapped_step_gives_each_runs_loss_and_gradient(data_dir, betas):
   assert seeds == [config.seed, config.seed + 1, config.seed + 2]
   if betas:
     assert [c.objective.beta for c in configs] == [0.5, 1.0, 2.5]
+  if lrs:
+    assert [c.optim.lr for c in configs] == [0.5, 2.0, 4.0]
+  assert all(c.train.run_lrs == c.train.run_betas == '' for c in configs)
   keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
   batch = lambda s, i: {n: v for n, v in pipeline.host_batch(
       train_src, i, seed=s, global_batch=b).items() if n in model.names}
   states = [train_state.init_state(k[0], batch(s, 0), model=model, tx=tx)
             for k, s in zip(keys, seeds)]
-  plain = [jax.jit(step_lib.make_train_step(c, model, tx)) for c in configs]
+  plain = [jax.jit(step_lib.make_train_step(
+      c, model, _recording_tx(c.optim.lr) if lrs else tx)) for c in configs]
   vmapped = step_lib.jit_train_steps(config, model, tx, mesh,
-                                     per_run_beta=bool(betas))
-  extra = (jnp.asarray(loop.run_betas(config), jnp.float32),) if betas else ()
+                                     per_run_beta=bool(betas),
+                                     per_run_lr=bool(lrs))
+  extra = tuple(jnp.asarray(v, jnp.float32) for v in
+                (loop.run_betas(config), loop.run_lrs(config)) if v)
   stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
   base_keys = jnp.stack([k[1] for k in keys])
   for i in range(2):
@@ -184,11 +228,16 @@ def test_bad_num_runs_settings_fail_clearly(data_dir, tmp_path):
   c.train.curve_start_examples = 16
   with pytest.raises(ValueError, match='curve_start_examples=0'):
     loop.train_and_evaluate(c, str(tmp_path / 'b'))
-  for n, betas in ((3, '1,2'), (1, '1'), (3, '1,x,2')):
-    c = _config(data_dir, n)
-    c.train.run_betas = betas
-    with pytest.raises(ValueError, match='one per run'):
-      loop.train_and_evaluate(c, str(tmp_path / 'c'))
+  for n, values in ((3, '1,2'), (1, '1'), (3, '1,x,2')):
+    for key in ('run_betas', 'run_lrs'):
+      c = _config(data_dir, n)
+      c.train[key] = values
+      with pytest.raises(ValueError, match=f'train.{key}=.*one per run'):
+        loop.train_and_evaluate(c, str(tmp_path / 'c'))
+  c = _config(data_dir)
+  c.train.run_lrs = '1e-3,0,1e-3'
+  with pytest.raises(ValueError, match='must be > 0'):
+    loop.train_and_evaluate(c, str(tmp_path / 'd'))
   c = _config(data_dir)
   c.train.microbatch_size = 2
   model = models.get_model(c.model)

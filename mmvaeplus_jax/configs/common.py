@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
       # With num_runs > 1: run r's objective.beta, comma-separated (one per
       # run, e.g. '0.5,1,2.5'); '' = objective.beta for every run.
       run_betas='',
+      # With num_runs > 1: run r's optim.lr, comma-separated (one per run,
+      # e.g. '3e-3,1e-3'); '' = optim.lr for every run.
+      run_lrs='',
       # Examples per device per call of the gradient (the step sums the
       # calls' gradients: same noise, loss and gradient up to float32
       # reassociation; training/microbatch.py:resolve_microbatch): -1 automatic

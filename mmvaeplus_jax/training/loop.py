@@ -199,6 +199,7 @@ def train_and_evaluate(config, workdir: str, *,
                       curve_evals=curve_evals)
   t_begin = time.time()
   run_betas(config)  # none with num_runs = 1 (ValueError)
+  run_lrs(config)
   if config.train.final_coherence and not final_evals:
     raise ValueError(
         'config.train.final_coherence is set but train_and_evaluate was'
@@ -454,6 +455,27 @@ def _flatten(d, prefix=''):
 # ------------------------------------------------------ S runs in one program
 
 
+def _run_floats(config, key: str, what: str, single: str):
+  """The per-run floats of `train.<key>` (None when '')."""
+  text = str(config.train.get(key, '') or '').strip()
+  if not text:
+    return None
+  num_runs = int(config.train.num_runs)
+  try:
+    values = [float(x) for x in text.split(',')]
+  except ValueError:
+    raise ValueError(
+        f'train.{key}={text!r} must be comma-separated floats, one per'
+        ' run') from None
+  if num_runs == 1 or len(values) != num_runs:
+    raise ValueError(
+        f'train.{key}={text!r} gives {len(values)} {what} for'
+        f' train.num_runs={num_runs} runs: give one per run (with'
+        f' num_runs = 1 set {single} instead), or \'\' for'
+        f' {single} in every run')
+  return values
+
+
 def run_betas(config) -> list[float] | None:
   """The runs' betas of `train.run_betas` (None: '' = `objective.beta`).
 
@@ -461,38 +483,42 @@ def run_betas(config) -> list[float] | None:
     ValueError: not one float per run (`train.num_runs`), or set with
       num_runs = 1.
   """
-  text = str(config.train.get('run_betas', '') or '').strip()
-  if not text:
-    return None
-  num_runs = int(config.train.num_runs)
-  try:
-    betas = [float(x) for x in text.split(',')]
-  except ValueError:
+  return _run_floats(config, 'run_betas', 'betas', 'objective.beta')
+
+
+def run_lrs(config) -> list[float] | None:
+  """The runs' learning rates of `train.run_lrs` (None: '' = `optim.lr`).
+
+  Raises:
+    ValueError: not one positive float per run (`train.num_runs`), or set
+      with num_runs = 1.
+  """
+  lrs = _run_floats(config, 'run_lrs', 'learning rates', 'optim.lr')
+  if lrs is not None and min(lrs) <= 0:
     raise ValueError(
-        f'train.run_betas={text!r} must be comma-separated floats, one per'
-        ' run') from None
-  if num_runs == 1 or len(betas) != num_runs:
-    raise ValueError(
-        f'train.run_betas={text!r} gives {len(betas)} betas for'
-        f' train.num_runs={num_runs} runs: give one per run (with'
-        ' num_runs = 1 set objective.beta instead), or \'\' for'
-        ' objective.beta in every run')
-  return betas
+        f'train.run_lrs={config.train.run_lrs!r}: every learning rate must'
+        ' be > 0')
+  return lrs
 
 
 def run_config(config, r: int):
   """Run r's own config in a job of `train.num_runs` runs: seed `seed + r`,
-  `objective.beta` its entry of `train.run_betas` (if set), `num_runs` 1,
-  `run_betas` '', the rest as `config`: the config of the separate run that
-  run r equals (what its `config.json` holds, so `load_run` and `eval.py`
-  treat it as a plain run)."""
-  betas = run_betas(config)
+  `objective.beta` its entry of `train.run_betas` and `optim.lr` its entry
+  of `train.run_lrs` (if set), `num_runs` 1, `run_betas` and `run_lrs` '',
+  the rest as `config`: the config of the separate run that run r equals
+  (what its `config.json` holds, so `load_run` and `eval.py` treat it as a
+  plain run)."""
+  betas, lrs = run_betas(config), run_lrs(config)
   c = copy.deepcopy(config)
   c.seed = int(config.seed) + int(r)
   if betas is not None:
     c.objective.beta = betas[r]
+  if lrs is not None:
+    c.optim.lr = lrs[r]
   c.train.num_runs = 1
   c.train.run_betas = ''
+  if 'run_lrs' in c.train:
+    c.train.run_lrs = ''
   return c
 
 
@@ -534,8 +560,9 @@ def train_runs(config, workdir: str, *,
   """Trains S = `train.num_runs` independent runs at once in `workdir`.
 
   Run r is the separate run of `run_config(config, r)` (seed `seed + r`,
-  and beta its entry of `train.run_betas` if set: then a traced [S] input
-  of the step in place of the static `objective.beta`):
+  beta its entry of `train.run_betas` and the learning rate its entry of
+  `train.run_lrs` if set: then traced [S] inputs of the step in place of
+  the static `objective.beta` / `optim.lr`):
   its init key, its step noise (`train_step`'s `fold_in(base_key, step)`
   from its own base key) and its data order (`pipeline.iterate` with its
   seed) are that run's, so its parameters are the separate run's up to
@@ -598,13 +625,13 @@ def train_runs(config, workdir: str, *,
   parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
                            mesh.devices.size)
   repl = parallel.replicated(mesh)
-  betas = run_betas(config)
+  betas, lrs = run_betas(config), run_lrs(config)
   train_fn = step_lib.jit_train_steps(config, model, tx, mesh,
-                                      per_run_beta=betas is not None)
-  if betas is not None:
-    beta_args = (parallel.replicate(mesh, np.asarray(betas, np.float32)),)
-  else:
-    beta_args = ()
+                                      per_run_beta=betas is not None,
+                                      per_run_lr=lrs is not None)
+  # The traced per-run inputs after (state, batch, keys): betas, then lrs.
+  run_args = tuple(parallel.replicate(mesh, np.asarray(v, np.float32))
+                    for v in (betas, lrs) if v is not None)
 
   run_keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
   init_keys = [k[0] for k in run_keys]
@@ -712,7 +739,7 @@ def train_runs(config, workdir: str, *,
       step = items[0][0]
       local = {k: np.stack([b[k] for _, b in items]) for k in items[0][1]}
       batch = parallel.global_run_batch(mesh, local)
-      state, metrics = train_fn(state, batch, train_keys, *beta_args)
+      state, metrics = train_fn(state, batch, train_keys, *run_args)
       if pending is not None:
         last = drain(pending)
         bar.set_postfix(loss=f'{float(np.mean(last["train/loss"])):.1f}',

@@ -141,7 +141,8 @@ def jit_train_step(config, model, tx, mesh):
       out_shardings=(repl, repl), donate_argnums=0)
 
 
-def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False):
+def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False,
+                    per_run_lr: bool = False):
   """S = `train.num_runs` independent train steps as one compiled program.
 
   `(states, batches, base_keys) -> (states, metrics)`: `train_step` vmapped
@@ -151,7 +152,9 @@ def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False):
   its B axis over 'data' as `jit_train_step`'s (`parallel.
   run_data_sharding`). With `per_run_beta` the step takes a fourth argument,
   the runs' betas [S] (float32, traced; `train.run_betas`), in place of the
-  static `objective.beta`.
+  static `objective.beta`; with `per_run_lr` a next one, the runs' learning
+  rates [S] (float32, traced; `train.run_lrs`): each run's step uses
+  `make_optimizer(config.optim, lr)`, whose state is that of `tx`.
 
   Raises:
     ValueError: the config asks for microbatches (`train.microbatch_size`,
@@ -165,14 +168,16 @@ def jit_train_steps(config, model, tx, mesh, *, per_run_beta: bool = False):
         f' {size} examples per call here): set --config.train.'
         'microbatch_size=0, or train the runs separately')
   repl = parallel.replicated(mesh)
-  fn = make_train_step(config, model, tx)
   shardings = (repl, parallel.run_data_sharding(mesh), repl)
-  if per_run_beta:
-    fn = functools.partial(_with_beta, fn)
-    shardings += (repl,)
+  shardings += (repl,) * (int(per_run_beta) + int(per_run_lr))
+
+  def fn(state, batch, base_key, *run_args):
+    run_args = list(run_args)
+    beta = run_args.pop(0) if per_run_beta else config.objective.beta
+    run_tx = (train_state.make_optimizer(config.optim, lr=run_args.pop(0))
+              if per_run_lr else tx)
+    return make_train_step(config, model, run_tx)(state, batch, base_key,
+                                                  beta=beta)
+
   return jax.jit(jax.vmap(fn), in_shardings=shardings,
                  out_shardings=(repl, repl), donate_argnums=0)
-
-
-def _with_beta(fn, state, batch, base_key, beta):
-  return fn(state, batch, base_key, beta=beta)
