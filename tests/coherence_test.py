@@ -171,6 +171,79 @@ def test_subset_coherence_exact_parts_and_size_one():
   assert res.per_size[2] == pytest.approx(np.mean(res.per_subset[3:]))
 
 
+def _masked_data(n, seed=1):
+  """`make_data` with a random observed-modality mask (each example keeps
+  at least one modality) and the absent images zeroed, as the pipeline's
+  missing-modality batches have them."""
+  data = make_data(M, n)
+  mask = np.random.default_rng(seed).random((n, M)) < 0.6
+  mask[~mask.any(axis=1), 0] = True
+  for i in range(M):
+    data[f'm{i}'] = np.where(mask[:, i, None, None, None], data[f'm{i}'], 0)
+  data['mask'] = mask
+  return data, mask
+
+
+def test_conditional_coherence_conditions_only_on_observed_sources():
+  """With data['mask'], source e is scored on the examples that have it:
+  exactly the fraction of those examples' labels its mapping gets right;
+  the zeroed absent images change nothing."""
+  model, params = make_template_model(ENC_MAPS, DEC_MAPS)
+  data, mask = _masked_data(300)
+  res = coherence.conditional_coherence(
+      KEY, model, params, template_classify, clf_params(M), data,
+      batch_size=64)
+  labels = data['label']
+  want = np.stack([expected_matrix(labels[mask[:, e]])[e] for e in range(M)])
+  assert 0 < mask.mean() < 1 and not np.array_equal(
+      want, expected_matrix(labels))  # the mask matters
+  np.testing.assert_array_equal(res.source_total, mask.sum(axis=0))
+  np.testing.assert_allclose(res.matrix, want, rtol=0, atol=1e-12)
+  off = ~np.eye(M, dtype=bool)
+  assert res.mean == pytest.approx(
+      np.mean([want[off[:, d], d].mean() for d in range(M)]), abs=1e-12)
+  # All-observed mask: the unmasked result.
+  full = make_data(M, 300)
+  plain = coherence.conditional_coherence(
+      KEY, model, params, template_classify, clf_params(M), full)
+  full['mask'] = np.ones((300, M), bool)
+  same = coherence.conditional_coherence(
+      KEY, model, params, template_classify, clf_params(M), full)
+  np.testing.assert_array_equal(same.correct, plain.correct)
+  assert same.mean == plain.mean
+  # Errors: a wrong mask, a modality never observed.
+  for bad in (np.ones((300, M - 1), bool), np.ones((300, M), np.int32)):
+    with pytest.raises(ValueError, match='bool .N, M.'):
+      coherence.conditional_coherence(
+          KEY, model, params, template_classify, clf_params(M),
+          dict(full, mask=bad))
+  never = np.ones((300, M), bool)
+  never[:, 1] = False
+  with pytest.raises(ValueError, match="'m1' is observed in no example"):
+    coherence.conditional_coherence(
+        KEY, model, params, template_classify, clf_params(M),
+        dict(full, mask=never))
+
+
+def test_subset_coherence_scores_subsets_on_examples_that_have_them():
+  model, params = make_template_model(ENC_MAPS, DEC_MAPS)
+  data, mask = _masked_data(300)
+  labels = data['label']
+  res = coherence.subset_coherence(
+      KEY, model, params, template_classify, clf_params(M), data,
+      batch_size=64)
+  for s, sub in enumerate(res.subsets):
+    assert res.subset_total[s] == mask[:, list(sub)].all(axis=1).sum()
+  for s, (e,) in enumerate(res.subsets[:3]):
+    want = expected_matrix(labels[mask[:, e]])
+    for d in range(M):
+      if d != e:
+        assert res.accuracy[s, d] == pytest.approx(want[e, d], abs=1e-12)
+  # {m0, m2} -> m1 is exact (both encoders and m1's decoder right): 1 on
+  # the examples with m0 and m2; their count is below 300.
+  assert res.accuracy[4, 1] == 1.0 and res.subset_total[4] < 300
+
+
 @pytest.mark.parametrize('dec_maps,want', [
     ((IDENTITY, IDENTITY, IDENTITY), 1.0),
     ((IDENTITY, IDENTITY, tuple((c + 1) % C for c in range(C))), 0.0),

@@ -39,6 +39,12 @@ host, at the end (results do not depend on the batch size):
   all modalities and w_d ~ p(w) drawn independently per modality; decode all
   M, classify; a sample is coherent when all M predicted digits agree.
 
+Missing modalities: with `data['mask']` (`[N, M]` bool, True = observed,
+`pipeline.MASK_KEY`) a source e (an input subset S) is scored only on the
+examples that have it (all of S), its accuracies divided by that count;
+targets need not be observed (the label is the example's). Without a mask
+every example has every modality.
+
 Randomness: every example (or prior sample) i gets its own key
 `fold_in(key, i)`, from which one standardised noise vector is drawn and
 split into the pieces it needs, so the numbers are a function of (key,
@@ -65,6 +71,7 @@ import numpy as np
 from mmvaeplus_jax import generation
 from mmvaeplus_jax.infra import parallel
 from mmvaeplus_jax.evaluation import api
+from mmvaeplus_jax.input import pipeline
 from mmvaeplus_jax.models import base
 
 Array = jax.Array
@@ -265,6 +272,26 @@ def _check_data(model, data):
         f' (got keys {list(data)})')
 
 
+def _observed(model, data) -> np.ndarray:
+  """`[N, M]` bool: which modalities each example has (`data['mask']`, the
+  pipeline's `pipeline.MASK_KEY`; all True without one).
+
+  Raises:
+    ValueError: a mask of the wrong shape or dtype.
+  """
+  n, m = len(data['label']), model.num_modalities
+  mask = data.get(pipeline.MASK_KEY)
+  if mask is None:
+    return np.ones((n, m), bool)
+  mask = np.asarray(mask)
+  if mask.shape != (n, m) or mask.dtype != np.bool_:
+    raise ValueError(
+        f'data[{pipeline.MASK_KEY!r}] must be a bool [N, M] = [{n}, {m}]'
+        f' observed-modality mask (True = observed), got {mask.dtype}'
+        f' {mask.shape}')
+  return mask
+
+
 @dataclasses.dataclass(frozen=True)
 class ConditionalCoherence:
   """Result of `conditional_coherence`.
@@ -273,8 +300,8 @@ class ConditionalCoherence:
     names: modality names (rows: sources e, columns: targets d).
     correct: `[M, M]` correct counts.
     total: number of examples.
-    matrix: `[M, M]` accuracies `correct / total`; the diagonal is the
-      self-reconstruction (official), excluded from the averages.
+    matrix: `[M, M]` accuracies `correct / source_total[e]`; the diagonal
+      is the self-reconstruction (official), excluded from the averages.
     per_target: `[M]` mean over the sources e != d of `matrix[e, d]`.
     mean: mean of `per_target` (the paper's conditional coherence).
   """
@@ -285,6 +312,8 @@ class ConditionalCoherence:
   matrix: np.ndarray
   per_target: np.ndarray
   mean: float
+  # `[M]`: examples that have source e (data['mask']; all `total` without).
+  source_total: np.ndarray | None = None
 
   def metrics(self, prefix: str = 'coherence/cond') -> dict[str, float]:
     out = {}
@@ -326,11 +355,20 @@ def conditional_coherence(
   """
   _check_data(model, data)
   m = model.num_modalities
+  observed = _observed(model, data)  # [N, M]
   hits = _map_counts(_conditional_counts, key, model, params, classify, clf_params,
                      data, alpha=alpha, batch_size=batch_size, mesh=mesh)
+  # Source e is scored on the examples that have it (all, without a mask).
+  hits = hits * observed[:, :, None]
   correct = hits.sum(axis=0, dtype=np.int64)  # [M, M]
   total = len(data['label'])
-  matrix = correct / total
+  source_total = observed.sum(axis=0)  # [M]
+  if not source_total.all():
+    raise ValueError(
+        'conditional coherence: modality'
+        f' {model.names[int(np.argmin(source_total))]!r} is observed in no'
+        ' example of data["mask"], so nothing can be conditioned on it')
+  matrix = correct / source_total[:, None]
   off = ~np.eye(m, dtype=bool)
   if m > 1:
     per_target = np.array(
@@ -339,7 +377,8 @@ def conditional_coherence(
     per_target = np.full((1,), np.nan)
   return ConditionalCoherence(
       names=model.names, correct=correct, total=total, matrix=matrix,
-      per_target=per_target, mean=float(np.mean(per_target)))
+      per_target=per_target, mean=float(np.mean(per_target)),
+      source_total=source_total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,6 +402,9 @@ class SubsetCoherence:
   accuracy: np.ndarray
   per_subset: np.ndarray
   per_size: dict[int, float]
+  # `[S]`: examples that have every member of subset s (data['mask']; NaN
+  # accuracies where none does).
+  subset_total: np.ndarray | None = None
 
   def metrics(self, prefix: str = 'coherence/subsets') -> dict[str, float]:
     out = {}
@@ -395,19 +437,27 @@ def subset_coherence(
   if m < 2:
     raise ValueError('subset coherence needs at least 2 modalities')
   subs = subsets(m)
+  observed = _observed(model, data)  # [N, M]
   hits = _map_counts(_subset_counts, key, model, params, classify, clf_params,
                      data, alpha=alpha, batch_size=batch_size, mesh=mesh)
+  member = np.array([[i in s for i in range(m)] for s in subs])
+  # Subset s is scored on the examples that have all its members.
+  has = np.all(observed[:, None, :] | ~member[None], axis=-1)  # [N, S]
+  hits = hits * has[:, :, None]
   correct = hits.sum(axis=0, dtype=np.int64)  # [S, M]
   total = len(data['label'])
-  member = np.array([[i in s for i in range(m)] for s in subs])
-  accuracy = np.where(member, np.nan, correct / total)
+  subset_total = has.sum(axis=0)  # [S]
+  with np.errstate(invalid='ignore', divide='ignore'):
+    accuracy = np.where(member | (subset_total[:, None] == 0), np.nan,
+                        correct / np.maximum(subset_total, 1)[:, None])
   per_subset = np.nanmean(accuracy, axis=1)
   sizes = np.array([len(s) for s in subs])
   per_size = {int(k): float(per_subset[sizes == k].mean())
               for k in range(1, m)}
   return SubsetCoherence(
       names=model.names, subsets=subs, correct=correct, total=total,
-      accuracy=accuracy, per_subset=per_subset, per_size=per_size)
+      accuracy=accuracy, per_subset=per_subset, per_size=per_size,
+      subset_total=subset_total)
 
 
 @dataclasses.dataclass(frozen=True)
