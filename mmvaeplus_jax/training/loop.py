@@ -631,7 +631,7 @@ def train_runs(config, workdir: str, *,
                                       per_run_lr=lrs is not None)
   # The traced per-run inputs after (state, batch, keys): betas, then lrs.
   run_args = tuple(parallel.replicate(mesh, np.asarray(v, np.float32))
-                    for v in (betas, lrs) if v is not None)
+                   for v in (betas, lrs) if v is not None)
 
   run_keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
   init_keys = [k[0] for k in run_keys]
