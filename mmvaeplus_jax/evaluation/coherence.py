@@ -274,22 +274,17 @@ def _check_data(model, data):
 
 def _observed(model, data) -> np.ndarray:
   """`[N, M]` bool: which modalities each example has (`data['mask']`, the
-  pipeline's `pipeline.MASK_KEY`; all True without one).
+  pipeline's `pipeline.MASK_KEY`; all True without one), validated by the
+  objective's own rule (`model.check_mask`).
 
   Raises:
-    ValueError: a mask of the wrong shape or dtype.
+    ValueError: a mask that is not `[N, M]`, or an example with none.
   """
   n, m = len(data['label']), model.num_modalities
   mask = data.get(pipeline.MASK_KEY)
   if mask is None:
     return np.ones((n, m), bool)
-  mask = np.asarray(mask)
-  if mask.shape != (n, m) or mask.dtype != np.bool_:
-    raise ValueError(
-        f'data[{pipeline.MASK_KEY!r}] must be a bool [N, M] = [{n}, {m}]'
-        f' observed-modality mask (True = observed), got {mask.dtype}'
-        f' {mask.shape}')
-  return mask
+  return np.asarray(model.check_mask(np.asarray(mask), n)).T
 
 
 @dataclasses.dataclass(frozen=True)
