@@ -38,3 +38,13 @@ def test_plot_curves_writes_a_png_only_when_there_is_a_curve(tmp_path):
   assert not curves.plot_curves(str(other), [('b', [{'eval': {}}])])
   assert not other.exists()
 
+
+
+def test_line_styles_are_distinct_past_the_ten_colours(tmp_path):
+  """The pilot has 14 cells: the 11th must not repeat the 1st's line."""
+  styles = [tuple(sorted(curves.line_style(i).items())) for i in range(40)]
+  assert len(set(styles)) == 40
+  cells = [(f'c{i}', [_record([(1, 0.01 * i), (2, 0.02 * i)])])
+           for i in range(14)]
+  path = tmp_path / 'curves.png'
+  assert curves.plot_curves(str(path), cells)  # the styles are valid kwargs

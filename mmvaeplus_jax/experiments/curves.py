@@ -9,7 +9,10 @@ The rows are the runs' `curve` (the `curve.jsonl` of
 * `plot_curves(path, cells, key)`: two panels, the metric against examples
   seen (log scale) and against training minutes, one line per cell with
   a band of +- one std over seeds; the figure `study_report.write_figures`
-  writes as `curves.png`.
+  writes as `curves.png`;
+* `line_style(i)`: the colour, line style and marker of the i-th cell,
+  distinct for the first 40 cells (the ten colours of the default cycle,
+  then again with another line style and marker).
 """
 
 from __future__ import annotations
@@ -58,6 +61,17 @@ def cell_curve(records: Sequence[dict], key: str = COHERENCE
       seeds=np.array([len(v) for v in vals]))
 
 
+_LINES = ('-', '--', ':', '-.')
+_MARKERS = ('o', 's', '^', 'D')
+
+
+def line_style(i: int) -> dict:
+  """Keyword arguments of `Axes.plot` for the i-th cell: colour C{i % 10},
+  line style and marker from i // 10 (distinct for i < 40)."""
+  j = (i // 10) % len(_LINES)
+  return {'color': f'C{i % 10}', 'ls': _LINES[j], 'marker': _MARKERS[j]}
+
+
 def plot_curves(path: str, cells: Sequence[tuple[str, Sequence[dict]]],
                 key: str = COHERENCE, *, title: str = '',
                 chance: float | None = 0.1, dpi: int = 120) -> bool:
@@ -70,12 +84,12 @@ def plot_curves(path: str, cells: Sequence[tuple[str, Sequence[dict]]],
   fig = mpl_figure.Figure(figsize=(11, 4.2), dpi=dpi)
   ax_n, ax_t = fig.subplots(1, 2)
   for i, (name, c) in enumerate(curves):
-    color = f'C{i % 10}'
+    style = line_style(i)
     label = f'{name} (n={int(c.seeds.max())})'
     for ax, x in ((ax_n, c.examples), (ax_t, c.seconds / 60)):
-      ax.plot(x, c.mean, 'o-', ms=3, color=color, label=label)
-      ax.fill_between(x, c.mean - c.std, c.mean + c.std, color=color,
-                      alpha=0.2, lw=0)
+      ax.plot(x, c.mean, ms=3, label=label, **style)
+      ax.fill_between(x, c.mean - c.std, c.mean + c.std,
+                      color=style['color'], alpha=0.2, lw=0)
   for ax, xlabel in ((ax_n, 'examples seen'),
                      (ax_t, 'training minutes (evaluation excluded)')):
     if chance is not None:
