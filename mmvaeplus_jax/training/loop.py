@@ -200,12 +200,7 @@ def train_and_evaluate(config, workdir: str, *,
   t_begin = time.time()
   run_betas(config)  # none with num_runs = 1 (ValueError)
   run_lrs(config)
-  if config.train.final_coherence and not final_evals:
-    raise ValueError(
-        'config.train.final_coherence is set but train_and_evaluate was'
-        ' handed no final evaluator: call mmvaeplus_jax.experiments.train.'
-        'train(config, workdir) (what train.py does), or pass final_evals='
-        '[evaluation.final_coherence.final_coherence]')
+  _require_final_evals(config, final_evals, 'train_and_evaluate')
   if config.train.curve_start_examples > 0 and not curve_evals:
     raise ValueError(
         'config.train.curve_start_examples > 0 asks for a learning curve but'
@@ -218,26 +213,8 @@ def train_and_evaluate(config, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   rundir.save_config(config, workdir)  # the run describes itself
   tc = config.train
-  model = models.get_model(config.model)
-  tx = train_state.make_optimizer(config.optim)
-  train_src, eval_src = sources.load_sources(config.data)
-  sources.check_model_data(config.data, config.model)
-  keys = tuple(model.names) + ('label',)  # only what the model reads
-  train_src, eval_src = (pipeline.Select(s, keys)
-                         for s in (train_src, eval_src))
-  # Missing modalities (data.missing_rate > 0): the train split only.
-  train_src = sources.with_missing(config.data, train_src, model.names)
-  if isinstance(train_src, pipeline.MissingSource):
-    logging.info('Training with missing modalities: %.4f of the train'
-                 ' split\'s modality entries missing (data.missing_rate=%g,'
-                 ' seed %d)', 1.0 - train_src.mask.mean(),
-                 config.data.missing_rate, config.data.missing_seed)
+  model, tx, train_src, eval_src, mesh = _setup(config)
   num_steps = total_steps(tc, len(train_src))
-
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(tc.batch_size, mesh)
-  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
-                           mesh.devices.size)
   repl = parallel.replicated(mesh)
 
   root = jax.random.key(config.seed)
@@ -269,11 +246,7 @@ def train_and_evaluate(config, workdir: str, *,
     return {'step': start}
 
   train_fn = step_lib.jit_train_step(config, model, tx, mesh)
-  o = config.objective
-  eval_fn = jax.jit(functools.partial(
-      step_lib.eval_step, model=model, num_samples=o.num_samples,
-      beta=o.beta,
-      options=tuple(models.objective_options(o, model).items())))
+  eval_fn = _jit_eval_step(model, config.objective)
 
   is_main = jax.process_index() == 0
   writer = writers.create_writer(workdir, just_logging=not is_main)
@@ -313,12 +286,8 @@ def train_and_evaluate(config, workdir: str, *,
       # checkpoint. Skipped updates keep the parameters, so every checkpoint
       # holds the last good parameters.
       manager.wait_until_finished()
-      raise NonFiniteError(
-          f'{int(metrics["train/nonfinite_consecutive"])} consecutive steps'
-          f' with a non-finite loss or gradient (last at step {step_done});'
-          ' their updates were skipped, so the checkpoints in'
-          f' {manager.directory} hold the last good parameters. Lower'
-          ' optim.lr or check the data.')
+      raise _nonfinite_error(metrics['train/nonfinite_consecutive'],
+                             step_done, '', str(manager.directory))
     return metrics
 
   with _Sigterm() as sigterm:
@@ -339,11 +308,8 @@ def train_and_evaluate(config, workdir: str, *,
       if done % tc.log_every_steps == 0 or done == num_steps:
         drain(pending)
         pending = None
-        scalars = {k: float(np.mean([h[k] for h in history]))
-                   for k in history[-1] if 'nonfinite' not in k}
-        scalars['train/nonfinite_steps'] = int(
-            history[-1]['train/nonfinite_steps'])
-        scalars['train/steps_per_sec'] = len(history) / (time.time() - t_log)
+        scalars = _window_scalars(history, lambda v: v,
+                                  len(history) / (time.time() - t_log))
         writer.write_scalars(done, scalars)
         summary.update(scalars)
         history, t_log = [], time.time()
@@ -384,15 +350,8 @@ def train_and_evaluate(config, workdir: str, *,
       if (done % tc.checkpoint_every_steps == 0 or done == num_steps
           or sigterm.received):
         checkpointing.save(manager, done, state)
-      if sigterm.received:
-        manager.wait_until_finished()
-        logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.',
-                        done)
-        break
-      if out_of_time:
-        logging.warning('Stopped after step %d: %.0f s of training reached'
-                        ' train.max_train_seconds=%g; checkpoint saved.',
-                        done, time.time() - t_start, tc.max_train_seconds)
+      if _stopped(sigterm.received, out_of_time, done, t_start, tc,
+                  [manager]):
         break
     if pending is not None:
       drain(pending)
@@ -415,6 +374,86 @@ def train_and_evaluate(config, workdir: str, *,
     with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   return summary
+
+
+def _require_final_evals(config, final_evals, who: str):
+  if config.train.final_coherence and not final_evals:
+    raise ValueError(
+        f'config.train.final_coherence is set but {who} was handed no final'
+        ' evaluator: call mmvaeplus_jax.experiments.train.train(config,'
+        ' workdir) (what train.py does), or pass final_evals='
+        '[evaluation.final_coherence.final_coherence]')
+
+
+def _setup(config):
+  """The model, optimizer, data sources and mesh of a job (plain or S
+  runs): the sources keep only what the model reads, the train split with
+  `data.missing_rate`'s mask; the batch size and conv path are checked
+  against the mesh."""
+  model = models.get_model(config.model)
+  tx = train_state.make_optimizer(config.optim)
+  train_src, eval_src = sources.load_sources(config.data)
+  sources.check_model_data(config.data, config.model)
+  keys = tuple(model.names) + ('label',)  # only what the model reads
+  train_src, eval_src = (pipeline.Select(s, keys)
+                         for s in (train_src, eval_src))
+  # Missing modalities (data.missing_rate > 0): the train split only.
+  train_src = sources.with_missing(config.data, train_src, model.names)
+  if isinstance(train_src, pipeline.MissingSource):
+    logging.info('Training with missing modalities: %.4f of the train'
+                 ' split\'s modality entries missing (data.missing_rate=%g,'
+                 ' seed %d)', 1.0 - train_src.mask.mean(),
+                 config.data.missing_rate, config.data.missing_seed)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
+                           mesh.devices.size)
+  return model, tx, train_src, eval_src, mesh
+
+
+def _jit_eval_step(model, objective):
+  """The jitted test-bound step of `objective` (its beta is static)."""
+  return jax.jit(functools.partial(
+      step_lib.eval_step, model=model, num_samples=objective.num_samples,
+      beta=objective.beta,
+      options=tuple(models.objective_options(objective, model).items())))
+
+
+def _nonfinite_error(streak, step: int, where: str, checkpoints: str):
+  return NonFiniteError(
+      f'{int(streak)} consecutive steps with a non-finite loss or gradient'
+      f'{where} (last at step {step}): their updates were skipped, so the'
+      f' checkpoints in {checkpoints} hold the last good parameters. Lower'
+      ' optim.lr or check the data.')
+
+
+def _window_scalars(history, pick, steps_per_sec: float) -> dict:
+  """The logged scalars of a window of steps' metrics: means, the
+  non-finite total at its end, the rate; `pick` selects a run's value."""
+  scalars = {k: float(np.mean([pick(h[k]) for h in history]))
+             for k in history[-1] if 'nonfinite' not in k}
+  scalars['train/nonfinite_steps'] = int(
+      pick(history[-1]['train/nonfinite_steps']))
+  scalars['train/steps_per_sec'] = steps_per_sec
+  return scalars
+
+
+def _stopped(sigterm: bool, out_of_time: bool, done: int, t_start: float,
+             tc, managers) -> bool:
+  """True (after logging why) when the loop stops early at step `done`:
+  SIGTERM (the checkpoint saves finish first) or `max_train_seconds`."""
+  if sigterm:
+    for m in managers:
+      m.wait_until_finished()
+    logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.',
+                    done)
+    return True
+  if out_of_time:
+    logging.warning('Stopped after step %d: %.0f s of training reached'
+                    ' train.max_train_seconds=%g; checkpoint saved.',
+                    done, time.time() - t_start, tc.max_train_seconds)
+    return True
+  return False
 
 
 def _agree(flag: bool) -> bool:
@@ -591,11 +630,7 @@ def train_runs(config, workdir: str, *,
   """
   t_begin = time.time()
   num_runs = _check_runs(config)
-  if config.train.final_coherence and not final_evals:
-    raise ValueError(
-        'config.train.final_coherence is set but train_runs was handed no'
-        ' final evaluator: call mmvaeplus_jax.experiments.train.train(config,'
-        ' workdir) (what train.py does)')
+  _require_final_evals(config, final_evals, 'train_runs')
   del curve_evals  # refused above (no curve with num_runs > 1)
   checkpointing.quiet_orbax()
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -608,22 +643,10 @@ def train_runs(config, workdir: str, *,
     rundir.save_config(c, d)
   seeds = [int(c.seed) for c in configs]
   tc = config.train
-  model = models.get_model(config.model)
-  tx = train_state.make_optimizer(config.optim)
-  train_src, eval_src = sources.load_sources(config.data)
-  sources.check_model_data(config.data, config.model)
-  keys = tuple(model.names) + ('label',)
-  train_src, eval_src = (pipeline.Select(s, keys)
-                         for s in (train_src, eval_src))
   # Missing modalities: the same train mask for every run (data.missing_seed
   # is the data's, as in S separate runs).
-  train_src = sources.with_missing(config.data, train_src, model.names)
+  model, tx, train_src, eval_src, mesh = _setup(config)
   num_steps = total_steps(tc, len(train_src))
-
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(tc.batch_size, mesh)
-  parallel.check_conv_impl(config.model.get('conv_impl', 'xla'),
-                           mesh.devices.size)
   repl = parallel.replicated(mesh)
   betas, lrs = run_betas(config), run_lrs(config)
   train_fn = step_lib.jit_train_steps(config, model, tx, mesh,
@@ -683,12 +706,8 @@ def train_runs(config, workdir: str, *,
 
   eval_fns = {}  # one per distinct beta (static in eval_step)
   for c in configs:
-    o = c.objective
-    if o.beta not in eval_fns:
-      eval_fns[o.beta] = jax.jit(functools.partial(
-          step_lib.eval_step, model=model, num_samples=o.num_samples,
-          beta=o.beta,
-          options=tuple(models.objective_options(o, model).items())))
+    if c.objective.beta not in eval_fns:
+      eval_fns[c.objective.beta] = _jit_eval_step(model, c.objective)
   is_main = jax.process_index() == 0
   run_writers = [writers.create_writer(d, just_logging=not is_main)
                  for d in dirs]
@@ -717,12 +736,10 @@ def train_runs(config, workdir: str, *,
     if bad:
       for m in managers:
         m.wait_until_finished()
-      raise NonFiniteError(
-          f'{int(streak[bad[0]])} consecutive steps with a non-finite loss'
-          f' or gradient in run(s) {bad} (seeds {[seeds[r] for r in bad]};'
-          f' last at step {step_done}): their updates were skipped, so the'
-          f' checkpoints in {workdir}/run*/checkpoints hold the last good'
-          ' parameters. Lower optim.lr or check the data.')
+      raise _nonfinite_error(
+          streak[bad[0]], step_done,
+          f' in run(s) {bad} (seeds {[seeds[r] for r in bad]})',
+          f'{workdir}/run*/checkpoints')
     return metrics
 
   def save(done):
@@ -752,11 +769,7 @@ def train_runs(config, workdir: str, *,
         pending = None
         rate = len(history) / (time.time() - t_log)
         for r in range(num_runs):
-          scalars = {k: float(np.mean([h[k][r] for h in history]))
-                     for k in history[-1] if 'nonfinite' not in k}
-          scalars['train/nonfinite_steps'] = int(
-              history[-1]['train/nonfinite_steps'][r])
-          scalars['train/steps_per_sec'] = rate
+          scalars = _window_scalars(history, lambda v, r=r: v[r], rate)
           run_writers[r].write_scalars(done, scalars)
           summaries[r].update(scalars)
         history, t_log = [], time.time()
@@ -774,16 +787,8 @@ def train_runs(config, workdir: str, *,
       if (done % tc.checkpoint_every_steps == 0 or done == num_steps
           or sigterm.received):
         save(done)
-      if sigterm.received:
-        for m in managers:
-          m.wait_until_finished()
-        logging.warning('Stopped by SIGTERM after step %d; checkpoints'
-                        ' saved.', done)
-        break
-      if out_of_time:
-        logging.warning('Stopped after step %d: %.0f s of training reached'
-                        ' train.max_train_seconds=%g; checkpoints saved.',
-                        done, time.time() - t_start, tc.max_train_seconds)
+      if _stopped(sigterm.received, out_of_time, done, t_start, tc,
+                  managers):
         break
     if pending is not None:
       drain(pending)
