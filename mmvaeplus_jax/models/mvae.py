@@ -62,28 +62,36 @@ class MVAE(gaussian.GaussianMultimodalVAE):
     the subsets of MVAE restricted to the observed set).
     """
     del mvae_subsets  # fixed by noise['subsets']
-    if present is not None:
-      return self._masked_bound(params, batch, noise, beta, present)
     m = self.num_modalities
     post = self.encode(params, batch)
     subsets = jnp.concatenate(
         [jnp.asarray(self.fixed_subsets()), noise['subsets']])  # [S, M]
+    inside = None
+    if present is not None:  # each subset's observed members [S, M, B]
+      inside, subsets = aggregation.observed_members(subsets, present)
+      subsets = subsets.at[0].set(present)  # the joint: every observed one
+      inside = inside.at[0].set(True)
     loc, scale = aggregation.gaussian_poe(
         post.loc_z, post.scale_z, subsets,
         prior_scale=self.prior_scale(self.dim_z), prior_expert=True)
     z = loc[:, None] + scale[:, None] * noise['z']  # [S, K, B, Dz]
     # Reconstructions: modality d decodes the joint sample, its own
-    # unimodal sample and the random subsets' samples (masked).
+    # unimodal sample and the random subsets' samples (masked); each subset
+    # reconstructs its (observed) members.
     rec_joint = 0.0
     rec_uni = []
     rec_rand = 0.0
     for d, name in enumerate(self.names):
       zd = jnp.concatenate([z[:1], z[1 + d:2 + d], z[1 + m:]])  # [2 + R, ..]
       ll = self.log_likelihood(params, batch, name, zd)  # [2 + R, K, B]
-      rec_joint += ll[0]
-      rec_uni.append(ll[1])
-      mask = noise['subsets'][:, d].astype(ll.dtype)  # [R]
-      rec_rand += mask[:, None, None] * ll[2:]
+      rec_uni.append(ll[1])  # with a mask: counts where d is (`inside`)
+      if present is None:
+        rec_joint += ll[0]
+        mask = noise['subsets'][:, d].astype(ll.dtype)  # [R]
+        rec_rand += mask[:, None, None] * ll[2:]
+      else:
+        rec_joint += jnp.where(present[d], ll[0], 0.0)
+        rec_rand += jnp.where(subsets[1 + m:, d][:, None], ll[2:], 0.0)
     rec = jnp.concatenate(
         [rec_joint[None], jnp.stack(rec_uni),
          jnp.broadcast_to(rec_rand, (noise['subsets'].shape[0],)
@@ -91,37 +99,6 @@ class MVAE(gaussian.GaussianMultimodalVAE):
     kl = aggregation.gaussian_kl(loc, scale, 0.0,
                                  self.prior_scale(self.dim_z))  # [S, B]
     elbos = jnp.mean(rec, axis=1) - beta * kl  # [S, B]
+    if inside is not None:  # subsets with a missing member count nothing
+      elbos = jnp.where(inside, elbos, 0.0)
     return jnp.sum(elbos, axis=0)
-
-  def _masked_bound(self, params, batch, noise, beta, present):
-    """`bound` on the observed modalities `present` `[M, B]`."""
-    post = self.encode(params, batch)
-    subsets = jnp.concatenate(
-        [jnp.asarray(self.fixed_subsets()), noise['subsets']])  # [S, M]
-    inside, members = aggregation.observed_members(subsets, present)
-    members = members.at[0].set(present)  # the joint: every observed one
-    inside = inside.at[0].set(True)
-    loc, scale = aggregation.gaussian_poe(
-        post.loc_z, post.scale_z, members,
-        prior_scale=self.prior_scale(self.dim_z), prior_expert=True)
-    z = loc[:, None] + scale[:, None] * noise['z']  # [S, K, B, Dz]
-    # As `bound`: modality d decodes the joint, its own unimodal and the
-    # random subsets' samples; each subset reconstructs its members.
-    m = self.num_modalities
-    rec_joint = 0.0
-    rec_uni = []
-    rec_rand = 0.0
-    for d, name in enumerate(self.names):
-      zd = jnp.concatenate([z[:1], z[1 + d:2 + d], z[1 + m:]])  # [2 + R, ..]
-      ll = self.log_likelihood(params, batch, name, zd)  # [2 + R, K, B]
-      rec_joint += jnp.where(present[d], ll[0], 0.0)
-      rec_uni.append(ll[1])  # counts only where d is observed (`inside`)
-      rec_rand += jnp.where(members[1 + m:, d][:, None], ll[2:], 0.0)
-    rec = jnp.concatenate(
-        [rec_joint[None], jnp.stack(rec_uni),
-         jnp.broadcast_to(rec_rand, (noise['subsets'].shape[0],)
-                          + rec_joint.shape)])  # [S, K, B]
-    kl = aggregation.gaussian_kl(loc, scale, 0.0,
-                                 self.prior_scale(self.dim_z))  # [S, B]
-    elbos = jnp.mean(rec, axis=1) - beta * kl  # [S, B]
-    return jnp.sum(jnp.where(inside, elbos, 0.0), axis=0)
