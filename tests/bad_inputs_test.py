@@ -22,6 +22,9 @@ from mmvaeplus_jax.training import step as step_lib
 from mmvaeplus_jax import train_state
 from mmvaeplus_jax.models import polymnist
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 
 def _toy(m=2, **kw):
   model = toy_models.make_toy(m, **kw)

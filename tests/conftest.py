@@ -20,6 +20,18 @@ _OWN_CACHE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _OWN_CACHE = tempfile.mkdtemp(prefix='mmvaeplus_jax_xla_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+  os.environ['MMVAEPLUS_TESTS_OWN_CACHE'] = _OWN_CACHE
+elif (os.environ.get('PYTEST_XDIST_WORKER') and
+      os.environ.get('MMVAEPLUS_TESTS_OWN_CACHE')
+      == os.environ['JAX_COMPILATION_CACHE_DIR']):
+  # A pytest-xdist worker (-n 2): its own folder of the session's cache.
+  # JAX writes cache entries without a lock or an atomic rename, so two
+  # processes compiling the same program at once could read a half-written
+  # entry; one folder per worker keeps the sharing with the train.py
+  # subprocesses that worker starts (the controller removes them all).
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+      os.environ['JAX_COMPILATION_CACHE_DIR'],
+      os.environ['PYTEST_XDIST_WORKER'])
 
 
 # The opt-in XLA:CPU convolution setting, before any backend starts (the
@@ -31,8 +43,10 @@ xla_cpu.configure()
 
 def pytest_collection_modifyitems(config, items):
   """With MMVAEPLUS_TESTS_RERUN=1 (.ci/run's one-core rerun of the default
-  suite), skip the tests marked `not_in_rerun`: heavy ones whose assertions
-  do not depend on float rounding (control flow, file and field names)."""
+  suite), skip the tests marked `not_in_rerun`: those whose assertions do
+  not depend on float rounding (control flow, file and field names, exact
+  comparisons of a computation with itself), whole modules
+  (`pytestmark`) or single heavy tests."""
   del config
   if os.environ.get('MMVAEPLUS_TESTS_RERUN') != '1':
     return

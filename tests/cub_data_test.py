@@ -20,6 +20,9 @@ from mmvaeplus_jax.input import captions
 from mmvaeplus_jax.input import errors
 from mmvaeplus_jax.tools import prepare_data
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 cub = builders.cub_image_captions_dataset_builder
 SHARED_CUB = (pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
               / 'cub')

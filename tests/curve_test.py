@@ -74,6 +74,7 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.not_in_rerun  # no rounding-dependent check
 def test_curve_rows_and_the_run_unchanged(data_dir, clf_dir, tmp_path):
   """Points at steps 1, 2, 4 and 6 (8, 16, 32 examples ... the end), each the
   conditional coherence of that step's params under the curve's own key;
@@ -133,6 +134,7 @@ def test_curve_rows_and_the_run_unchanged(data_dir, clf_dir, tmp_path):
        for s in NAMES], want.matrix)
 
 
+@pytest.mark.not_in_rerun  # no rounding-dependent check
 def test_resume_drops_points_past_the_checkpoint_and_continues_the_clock(
     data_dir, clf_dir, tmp_path):
   config = _config(data_dir, clf_dir)

@@ -48,6 +48,7 @@ def test_demo_config_asks_for_final_coherence():
   assert not polymnist_configs.get_config('smoke').train.final_coherence
 
 
+@pytest.mark.not_in_rerun  # no rounding-dependent check
 def test_final_coherence_trains_saves_and_reloads_classifiers(
     data_dir, tmp_path, capsys):
   """`final_coherence.final_coherence` on an untrained model (no training step): the

@@ -80,6 +80,7 @@ def test_dtype_config_errors():
     pytest.param('mvae', None, marks=pytest.mark.slow),
     pytest.param('mmjsd', None, marks=pytest.mark.slow),
     pytest.param('dmvae', None, marks=pytest.mark.slow)])
+@pytest.mark.not_in_rerun  # no rounding-dependent check
 def test_float64_program_is_all_float64(kind, estimator):
   """The objective's and its gradient's jaxprs hold no float but float64,
   with and without a modality mask."""

@@ -12,6 +12,9 @@ import pathlib
 
 import pytest
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 ROOT = pathlib.Path(__file__).resolve().parents[1] / 'mmvaeplus_jax'
 
 # Room -> floor (1 = the ground). A room is a subpackage, or a top-level

@@ -20,6 +20,9 @@ import pytest
 
 from mmvaeplus_jax.input import builders
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 try:
   import tomllib  # pylint: disable=g-import-not-at-top
 except ModuleNotFoundError:  # Python 3.10

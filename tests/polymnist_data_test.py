@@ -20,6 +20,9 @@ from mmvaeplus_jax.input import mnist_files
 from mmvaeplus_jax.input import polymnist_data
 from mmvaeplus_jax.input import polymnist_official
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 MODALITIES = polymnist_data.MODALITIES
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 BACKGROUND_SIZES = ((40, 50), (33, 61), (45, 45), (29, 30), (60, 36))  # H, W

@@ -13,6 +13,9 @@ import toy_models
 from mmvaeplus_jax.infra import rundir
 from mmvaeplus_jax import train_state
 
+# No float tolerance here: .ci/run's one-core rerun skips the module.
+pytestmark = pytest.mark.not_in_rerun
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
