@@ -40,6 +40,9 @@ class Cell:
 
   name: str  # a directory name: letters, digits, '_', '-', '.'
   config: Any  # ml_collections.ConfigDict; its seed is set per run
+  # The study's seeds this cell is trained with (None: all of them), e.g.
+  # 3 seeds for a comparison's main cells and 1 for its side cells.
+  seeds: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +75,25 @@ class Study:
         raise ValueError(f'cell name {n!r}: use letters, digits, _ - .')
     if not self.seeds:
       raise ValueError('a study needs at least one seed')
+    for c in self.cells:
+      if c.seeds is not None and (not c.seeds
+                                  or not set(c.seeds) <= set(self.seeds)):
+        raise ValueError(
+            f'cell {c.name}: seeds {c.seeds} must be a non-empty subset of'
+            f' the study\'s seeds {self.seeds}')
     unknown = sorted({n for n, _ in self.published} - set(names))
     if unknown:
       raise ValueError(f'published values for unknown cells {unknown}')
 
   def runs(self) -> list[tuple[Cell, int]]:
     """Seed-major: the first seed of every cell, then the next seed, so a
-    study stopped part-way has a table with every cell."""
-    return [(c, s) for s in self.seeds for c in self.cells]
+    study stopped part-way has a table with every cell. A cell with its
+    own `seeds` runs only those."""
+    return [(c, s) for s in self.seeds for c in self.cells
+            if c.seeds is None or s in c.seeds]
+
+  def num_runs(self) -> int:
+    return len(self.runs())
 
 
 def load_study(spec: str, overrides: Sequence[str] = ()) -> Study:

@@ -71,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f'--seeds takes comma-separated integers, got {args.seeds!r}')
   parallel.configure_jax()
   study = records_lib.load_study(args.study, args.set)
-  print(f'study {study.name}: {len(study.cells)} cells x {len(study.seeds)}'
-        f' seeds -> {os.path.abspath(args.root)}', flush=True)
+  print(f'study {study.name}: {len(study.cells)} cells, up to'
+        f' {len(study.seeds)} seeds, {study.num_runs()} runs ->'
+        f' {os.path.abspath(args.root)}', flush=True)
   if args.report or args.rescore:
     if args.rescore:
       print(study_report.rescore(study, args.root, args.rescore, args.tag,
