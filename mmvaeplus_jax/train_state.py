@@ -44,11 +44,32 @@ def make_optimizer(optim, lr=None) -> optax.GradientTransformation:
   `lr` (a float or a traced scalar) replaces `optim.lr`: the optimiser
   state does not depend on the rate (a constant rate has an empty state),
   so S runs with their own rates share one state structure (`train.run_lrs`).
+
+  `optim.schedule='cosine'` multiplies each update by a cosine decay from 1
+  to `optim.final_lr_fraction` over `optim.decay_steps` steps (an
+  `optax.scale_by_schedule` after Adam: its state is a step count, the same
+  for every rate).
+
+  Raises:
+    ValueError: an unknown schedule, or a cosine without `decay_steps`.
   """
   lr = optim.lr if lr is None else lr
   if optim.amsgrad:
-    return optax.amsgrad(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  return optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    tx = optax.amsgrad(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  else:
+    tx = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  schedule = optim.get('schedule', 'constant')
+  if schedule == 'constant':
+    return tx
+  if schedule != 'cosine':
+    raise ValueError(f'optim.schedule={schedule!r}: use constant or cosine')
+  if int(optim.decay_steps) <= 0 or not 0.0 <= optim.final_lr_fraction <= 1:
+    raise ValueError(
+        'optim.schedule=cosine needs optim.decay_steps > 0 (e.g. the run\'s'
+        f' train.num_steps; got {optim.decay_steps}) and'
+        f' 0 <= optim.final_lr_fraction <= 1 (got {optim.final_lr_fraction})')
+  return optax.chain(tx, optax.scale_by_schedule(optax.cosine_decay_schedule(
+      1.0, int(optim.decay_steps), alpha=float(optim.final_lr_fraction))))
 
 
 def init_state(key, example_batch, *, model, tx) -> TrainState:

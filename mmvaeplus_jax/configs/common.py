@@ -96,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, amsgrad=True,
+      # 'constant' (the official recipe) or 'cosine': the rate times a
+      # cosine from 1 down to `final_lr_fraction` over `decay_steps` steps
+      # (then constant), train_state.make_optimizer.
+      schedule='constant', decay_steps=0, final_lr_fraction=0.0,
   ))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,  # global batch, split over devices and hosts
