@@ -36,6 +36,20 @@ Studies (`get_study(arg)`, arg =
   and end-of-run coherence on the complete test set), one seed: compared
   with the pilot's fully observed cells `mmvaeplus_w4_lr0.003` and
   `mopoe_lr0.003`;
+* `compare` (issue 26, item 5: the comparison again, at a budget where
+  models learn): the fig1 analogue (MVAE, MoPoE-VAE, MMVAE, MMVAE+ at
+  beta 1 and at the other beta of fig1's grid; MMVAE+ with the pilot's
+  private size `dim_w`, default 4) and the fig2 analogue (MMJSD with 4 /
+  16 / 32 private dimensions, and MMVAE+ with the paper's 32) in one
+  study, every cell with the pilot's recipe (lr `lr`, default 3e-3, batch
+  8, width 1/8) and the same budget (`steps`, default `COMPARE_STEPS`),
+  seeds 0, 1, 2 for the beta-1 cells and seed 0 for the others (seed-major:
+  a table with every cell first), a learning curve, the fig1 evaluators and
+  `samples.npz` (kept in each run directory, not committed: `--cells=C
+  --seeds=S` retrains and rewrites it);
+* any of them with `schedule=cosine` (`optim.schedule`): the rate decays
+  as a cosine to `final_lr` (a fraction, default 0) over `decay_steps`
+  (default: the run's steps; give it for `headline`, sized by wall time);
 * `tiny`: MMVAE+ and MMVAE, 2 seeds, a few steps on the offline `mini`
   data (the driver's test and a quick try).
 
@@ -118,6 +132,12 @@ PUBLISHED = {
     ),
 }
 
+# compare's cells under fig1's / fig2's names (the same published settings).
+PUBLISHED['compare'] = tuple(
+    ({'mmvaeplus_beta1': 'mmvaeplus_w32_beta1',
+      'mmvaeplus_w32': 'mmvaeplus_w32_beta1'}.get(n, n), t)
+    for n, t in PUBLISHED['fig1'] + PUBLISHED['fig2']
+    if n not in ('mmvaeplus_beta2.5', 'mmvaeplus_beta1'))
 
 # The pilot's grid (`get_study('pilot')`).
 PILOT_LRS = (3e-3, 1e-3)  # 3e-3 first: the 2-modality runs' rate
@@ -125,10 +145,12 @@ PILOT_DIM_W = (4, 8, 32)
 PILOT_MODELS = ('mmvae', 'mopoe', 'mvae', 'mmjsd')  # after MMVAE+
 # Learning-curve points: the first at 8k examples, then x2 to the end.
 CURVE_START = 8000
+# The compare study's budget per run, in steps of batch 8.
+COMPARE_STEPS = 16_000
 
 
 def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
-          data='rebuilt'):
+          data='rebuilt', seeds=None):
   arg = f'paper_grid,model={model},beta={beta},data={data}'
   if dim_w >= 0:
     arg += f',dim_w={dim_w}'
@@ -151,13 +173,14 @@ def _cell(name, model, beta, *, steps, width, batch, lr, family, dim_w=-1,
       bound_num_samples=10, all_subsets=True)
   if data == 'rebuilt':
     c.evals.classifier_dir = CLASSIFIERS
-  return records.Cell(name, c)
+  return records.Cell(name, c, seeds)
 
 
 def get_study(arg=None):
   a = common.parse_arg(arg, variant='fig1', steps=4000, seeds=3,
                        width=0.125, batch=8, lr=3e-3, family='normal',
-                       dim_w=4, train_s=7200.0, rate=0.5)
+                       dim_w=4, train_s=7200.0, rate=0.5,
+                       schedule='constant', decay_steps=0, final_lr=0.0)
   seeds = tuple(range(a.seeds))
   kw = dict(steps=a.steps, width=a.width, batch=a.batch, lr=a.lr,
             family=a.family)
@@ -194,6 +217,28 @@ def get_study(arg=None):
                                checkpoint_every_steps=1000)
       cell.config.evals.update(evaluators='coherence', all_subsets=False)
     seeds = seeds[:1] if a.seeds == 3 else seeds
+  elif a.variant == 'compare':
+    if not (arg and 'steps=' in arg):
+      kw['steps'] = COMPARE_STEPS
+    main = tuple(seeds)
+    side = main[:1]
+    cells = [_cell(f'{m}_beta{b:g}', m, b, seeds=main if b == 1 else side,
+                   **kw)
+             for m, betas in (('mvae', (1.0, 0.3)), ('mopoe', (1.0, 0.3)),
+                              ('mmvae', (1.0, 2.5)))
+             for b in betas]
+    cells += [_cell(f'mmvaeplus_w{a.dim_w}_beta{b:g}', 'mmvaeplus', b,
+                    dim_w=a.dim_w, seeds=main if b == 1 else side, **kw)
+              for b in (1.0, 2.5)]
+    cells += [_cell(f'mmjsd_w{d}', 'mmjsd', 1.0, dim_w=d, seeds=main, **kw)
+              for d in (4, 16, 32)]
+    if a.dim_w != 32:
+      cells.append(_cell('mmvaeplus_w32_beta1', 'mmvaeplus', 1.0, dim_w=32,
+                         seeds=main, **kw))
+    for cell in cells:
+      cell.config.train.update(curve_start_examples=CURVE_START,
+                               log_every_steps=500)
+      cell.config.evals.evaluators += ',samples'
   elif a.variant == 'headline':
     kw['steps'] = 10_000_000  # the wall-time limit ends it
     cells = [_cell(f'mmvaeplus_w{a.dim_w}', 'mmvaeplus', 1.0, dim_w=a.dim_w,
@@ -217,12 +262,26 @@ def get_study(arg=None):
     seeds = seeds[:2] if a.seeds == 3 else seeds
   else:
     raise ValueError(
-        f'unknown study {a.variant!r}: fig1, fig2, pilot, missing, headline'
-        ' or tiny')
+        f'unknown study {a.variant!r}: fig1, fig2, pilot, missing, headline,'
+        ' compare or tiny')
+  published = PUBLISHED.get(a.variant, ())
+  if a.schedule != 'constant':
+    if a.variant == 'headline' and a.decay_steps <= 0:
+      raise ValueError('headline is sized by wall time: give decay_steps='
+                       'N with schedule=' + a.schedule)
+    named = []
+    for cell in cells:  # decay over the run's steps unless told otherwise
+      c = cell.config
+      c.optim.update(schedule=a.schedule, final_lr_fraction=a.final_lr,
+                     decay_steps=a.decay_steps or c.train.num_steps)
+      named.append(records.Cell(f'{cell.name}_{a.schedule}', c, cell.seeds))
+    cells = named
+    published = tuple((f'{n}_{a.schedule}', t) for n, t in published)
   return records.Study(f'polymnist_cpu:{a.variant}', tuple(cells), seeds,
                        METRICS,
                        classifier_epochs=2 if a.variant == 'tiny' else None,
-                       rescore=() if a.variant in ('tiny', 'pilot', 'missing',
-                                                 'headline')
-                       else RESCORE,
-                       published=PUBLISHED.get(a.variant, ()))
+                       # compare: not rescored (fig1 measured the shift;
+                       # a second set costs every new VM 15 minutes).
+                       rescore=RESCORE if a.variant in ('fig1', 'fig2')
+                       else (),
+                       published=published)

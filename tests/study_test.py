@@ -89,6 +89,30 @@ def test_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
   assert calls == []
 
 
+def test_a_cell_with_its_own_seeds_trains_only_those(tmp_path):
+  """`Cell.seeds`: a side cell with one seed beside main cells with all of
+  them; the driver trains, counts and tables only the cell's own seeds."""
+  a, b = _study().cells
+  study = records_lib.Study(
+      'side', (a, records_lib.Cell('b', b.config, seeds=(0,))), seeds=(0, 1),
+      metrics=('m',))
+  assert [(c.name, s) for c, s in study.runs()] == [
+      ('a', 0), ('b', 0), ('a', 1)]
+  assert study.num_runs() == 3
+  calls = []
+  train, evaluate = _fakes(calls)
+  table = study_lib.run_study(study, str(tmp_path), train=train,
+                              evaluate=evaluate, log=lambda m: None)
+  assert [c for c in calls if c[0] == 'train'] == [
+      ('train', 'a', 0), ('train', 'b', 0), ('train', 'a', 1)]
+  assert table['a']['m'][2] == 2 and table['b']['m'][2] == 1
+  assert '3 of 3 runs finished' in (tmp_path / 'results.md').read_text()
+  for bad in ((), (2,)):
+    with pytest.raises(ValueError, match='non-empty subset'):
+      records_lib.Study('s', (records_lib.Cell('c', a.config, seeds=bad),),
+                        (0, 1), ())
+
+
 def test_load_study_and_overrides(tmp_path):
   path = tmp_path / 'my_study.py'
   path.write_text(
@@ -575,3 +599,87 @@ def test_headline_study_definition():
   assert c.model.num_modalities == 5 and c.data.config == 'rebuilt'
   assert c.evals.evaluators == fig1.cells[0].config.evals.evaluators
   assert c.evals.classifier_dir == fig1.cells[0].config.evals.classifier_dir
+
+
+def test_compare_study_definition():
+  """studies/polymnist_cpu.py:compare: the fig1 and fig2 analogues in one
+  study at one budget for every cell, the pilot's recipe, 3 seeds for the
+  beta-1 cells and 1 for the others, curves and samples.npz."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  studies = pathlib.Path(__file__).resolve().parents[1] / 'studies'
+  study = records_lib.load_study(str(studies / 'polymnist_cpu.py')
+                                 + ':compare')
+  pilot = {c.name: c.config for c in records_lib.load_study(
+      str(studies / 'polymnist_cpu.py') + ':pilot').cells}
+  fig1 = records_lib.load_study(str(studies / 'polymnist_cpu.py') + ':fig1')
+  names = [c.name for c in study.cells]
+  assert names == [
+      'mvae_beta1', 'mvae_beta0.3', 'mopoe_beta1', 'mopoe_beta0.3',
+      'mmvae_beta1', 'mmvae_beta2.5', 'mmvaeplus_w4_beta1',
+      'mmvaeplus_w4_beta2.5', 'mmjsd_w4', 'mmjsd_w16', 'mmjsd_w32',
+      'mmvaeplus_w32_beta1']
+  assert study.seeds == (0, 1, 2) and study.rescore == ()
+  assert fig1.rescore
+  steps = set()
+  for cell in study.cells:
+    c = cell.config
+    assert cell.seeds == ((0, 1, 2) if c.objective.beta == 1.0 else (0,))
+    steps.add(c.train.num_steps)
+    assert (c.train.batch_size, c.model.width, c.optim.lr) == (
+        8, 0.125, 3e-3)
+    assert c.train.curve_start_examples == 8000
+    assert c.evals.evaluators == (fig1.cells[0].config.evals.evaluators
+                                  + ',samples')
+    assert c.evals.classifier_dir == fig1.cells[0].config.evals.classifier_dir
+  assert steps == {polymnist_cpu_compare_steps(studies)}
+  assert study.num_runs() == 8 * 3 + 4
+  # MMVAE+ beta 1 is the pilot's winning cell, trained longer.
+  want = pilot['mmvaeplus_w4_lr0.003'].to_dict()
+  got = study.cells[6].config.to_dict()
+  for d in (want, got):
+    for k in ('num_steps', 'log_every_steps', 'eval_every_steps',
+              'checkpoint_every_steps'):
+      d['train'].pop(k)
+    d.pop('evals')
+  assert got == want
+  short = records_lib.load_study(str(studies / 'polymnist_cpu.py')
+                                 + ':compare,steps=50,seeds=1')
+  assert short.num_runs() == 12
+  assert {c.config.train.num_steps for c in short.cells} == {50}
+
+
+def polymnist_cpu_compare_steps(studies):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      '_cpu_study', studies / 'polymnist_cpu.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.COMPARE_STEPS
+
+
+def test_a_schedule_applies_to_every_cell_and_names_it():
+  """`,schedule=cosine`: every cell decays its rate over its own steps (or
+  `decay_steps`), under a new name; the wall-time headline needs
+  `decay_steps`."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  spec = str(pathlib.Path(__file__).resolve().parents[1] / 'studies'
+             / 'polymnist_cpu.py')
+  plain = records_lib.load_study(spec + ':compare,steps=50')
+  cos = records_lib.load_study(spec + ':compare,steps=50,schedule=cosine,'
+                               'final_lr=0.1')
+  assert [c.name for c in cos.cells] == [f'{c.name}_cosine'
+                                         for c in plain.cells]
+  for p, c in zip(plain.cells, cos.cells):
+    assert p.config.optim.schedule == 'constant'
+    assert (c.config.optim.schedule, c.config.optim.decay_steps,
+            c.config.optim.final_lr_fraction) == ('cosine', 50, 0.1)
+    assert c.seeds == p.seeds
+  assert [(f'{n}_cosine', t) for n, t in plain.published] == list(
+      cos.published)
+  assert len(plain.published) == 9
+  head = records_lib.load_study(spec + ':headline,schedule=cosine,'
+                                'decay_steps=56000')
+  assert [c.name for c in head.cells] == ['mmvaeplus_w4_cosine']
+  assert head.cells[0].config.optim.decay_steps == 56000
+  with pytest.raises(ValueError, match='give decay_steps'):
+    records_lib.load_study(spec + ':headline,schedule=cosine')
